@@ -1,0 +1,222 @@
+"""The ``jiggler-gevent`` command: options -> :class:`Config` -> a running worker.
+
+Owns the option table (each option also settable as env ``JIGGLER_<NAME>`` and in a
+``-C`` config file; command line > env > file > default), loading the ``-r`` module,
+checking Redis before starting, and turning every startup problem into one clear
+line on stderr and a non-zero exit. Must be imported only after gevent has
+monkey-patched (``bin/jiggler-gevent`` does that first).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Optional
+
+import configargparse
+
+from . import connection
+from .config import AT_LEAST_ONCE, MODES, Config, default_redis_url, parse_queues
+from .errors import ConfigError, JigglerError, RedisUnavailable
+from .version import __version__
+
+log = logging.getLogger("jiggler_gevent")
+
+EXIT_USAGE = 2
+EXIT_STARTUP = 1
+LOG_FORMAT = "%(asctime)s %(levelname)s pid=%(process)d %(name)s: %(message)s"
+
+
+class _Parser(configargparse.ArgParser):
+    def error(self, message: str) -> None:  # one line, no usage wall
+        sys.stderr.write(f"jiggler-gevent: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise configargparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise configargparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise configargparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise configargparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def _queues(text: str) -> tuple:
+    try:
+        return parse_queues(text)
+    except ConfigError as exc:
+        raise configargparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> configargparse.ArgParser:
+    defaults = Config.__dataclass_fields__
+    p = _Parser(
+        prog="jiggler-gevent",
+        description="Run background jobs from Redis queues on a pool of gevent greenlets.",
+        auto_env_var_prefix="JIGGLER_",
+        args_for_setting_config_path=["-C", "--config"],
+        config_arg_help_message="config file (lines of `option = value`)",
+    )
+    p.add_argument("-q", "--queues", type=_queues, default=parse_queues("default"),
+                   help="comma-separated queues, `name` or `name:weight` (default: default). "
+                        "Without weights queues are strict: a queue is served only when the "
+                        "ones before it are empty; with weights the order is drawn at random "
+                        "in proportion to the weights")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="strict order even when weights are given")
+    p.add_argument("-c", "--concurrency", type=_positive_int,
+                   default=defaults["concurrency"].default,
+                   help="jobs run at once in this process (worker greenlets; default 10)")
+    p.add_argument("-r", "--require", default=None,
+                   help="module (a.b), module:factory, or .py file path defining your jobs")
+    p.add_argument("-t", "--timeout", type=_positive_float, default=defaults["timeout"].default,
+                   help="shutdown timeout: seconds running jobs get after TERM (default 25)")
+    p.add_argument("--job-timeout", type=_positive_float, default=None,
+                   help="default hard timeout per job in seconds (a job's own `timeout` wins)")
+    p.add_argument("-e", "--environment", default=os.environ.get("APP_ENV", "development"),
+                   help="application environment, shown in the heartbeat (default $APP_ENV or "
+                        "development)")
+    p.add_argument("-v", "--verbose", action="store_true", default=False,
+                   help="debug logging (one line per job)")
+    p.add_argument("-V", "--version", action="version",
+                   version=f"jiggler-gevent {__version__}")
+    p.add_argument("--redis-url", default=None,
+                   help="redis://[user:password@]host:port/db or rediss://... "
+                        "(default $JIGGLER_REDIS_URL, $REDIS_URL, redis://127.0.0.1:6379/0)")
+    p.add_argument("--namespace", default="",
+                   help="key prefix so several apps can share one Redis (myapp -> myapp:jiggler:)")
+    p.add_argument("--mode", choices=MODES, default=AT_LEAST_ONCE,
+                   help="at-least-once (default: a crashed worker's jobs run again) or "
+                        "at-most-once (a job never runs twice; a crash can lose jobs in flight)")
+    p.add_argument("--poll-interval", type=_positive_float,
+                   default=defaults["poll_interval"].default,
+                   help="seconds between scheduled/retry polls, with jitter (default 5)")
+    p.add_argument("--stats-interval", type=_positive_float,
+                   default=defaults["stats_interval"].default,
+                   help="seconds between heartbeats; the heartbeat lives 3 intervals (default 5)")
+    p.add_argument("--max-dead-jobs", type=_positive_int,
+                   default=defaults["max_dead_jobs"].default,
+                   help="dead set size cap; the oldest are trimmed (default 10000)")
+    p.add_argument("--dead-timeout", type=_positive_float,
+                   default=defaults["dead_timeout"].default,
+                   help="seconds a dead job is kept (default 180 days)")
+    p.add_argument("--fetch-timeout", type=_positive_float,
+                   default=defaults["fetch_timeout"].default,
+                   help="longest blocking pop in seconds; must be below --socket-timeout "
+                        "(default 1)")
+    p.add_argument("--socket-timeout", type=_positive_float,
+                   default=defaults["socket_timeout"].default,
+                   help="Redis socket timeout in seconds (default 5)")
+    return p
+
+
+def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
+    """Parse options (flags > env > config file > defaults) into a validated Config."""
+    args = build_parser().parse_args(argv)
+    try:
+        return Config(
+            redis_url=args.redis_url or default_redis_url(),
+            namespace=args.namespace,
+            queues=args.queues,
+            strict=args.strict,
+            concurrency=args.concurrency,
+            mode=args.mode,
+            timeout=args.timeout,
+            job_timeout=args.job_timeout,
+            poll_interval=args.poll_interval,
+            stats_interval=args.stats_interval,
+            max_dead_jobs=args.max_dead_jobs,
+            dead_timeout=args.dead_timeout,
+            fetch_timeout=args.fetch_timeout,
+            socket_timeout=args.socket_timeout,
+            require=args.require,
+            environment=args.environment,
+            verbose=args.verbose,
+        ).validate()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def load_app(target: Optional[str]) -> None:
+    """Import the user's job definitions: ``pkg.module``, ``pkg.module:factory`` or a
+    ``.py`` path. The current directory is importable, as with ``python -m``."""
+    if not target:
+        log.warning("no --require given: only jobs defined by installed packages are known")
+        return
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, factory = target.partition(":")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = os.path.abspath(module_name)
+        if not os.path.isfile(path):
+            raise ConfigError(f"--require {target}: no such file")
+        sys.path.insert(0, os.path.dirname(path))
+        name = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    if factory:
+        func = getattr(module, factory, None)
+        if not callable(func):
+            raise ConfigError(f"--require {target}: {module_name} has no callable {factory!r}")
+        func()
+
+
+def _fail(message: str, code: int = EXIT_STARTUP) -> None:
+    sys.stderr.write(f"jiggler-gevent: error: {message}\n")
+    sys.exit(code)
+
+
+def _warn_about_eviction(client) -> None:
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:  # CONFIG may be renamed or forbidden by ACL: nothing to check then
+        return
+    if policy and policy != "noeviction":
+        log.warning("Redis maxmemory-policy is %r: under memory pressure Redis may evict "
+                    "queued jobs; set it to noeviction", policy)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``bin/jiggler-gevent`` (after monkey-patching)."""
+    config = config_from_args(argv)
+    logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
+                        format=LOG_FORMAT, stream=sys.stdout)
+    from .server.launcher import Launcher  # gevent is patched by now
+
+    try:
+        connection.configure(redis_url=config.redis_url, namespace=config.namespace,
+                             max_connections=config.concurrency + 10)
+        load_app(config.require)
+        launcher = Launcher(config)
+        connection.ping(launcher.client, config.redis_url)
+    except (ConfigError, RedisUnavailable) as exc:
+        _fail(str(exc))
+    except JigglerError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the user's module failed to import
+        if config.verbose:
+            log.exception("could not load %s", config.require)
+        _fail(f"could not load {config.require!r}: {type(exc).__name__}: {exc}"
+              + ("" if config.verbose else " (run with -v for the traceback)"))
+    _warn_about_eviction(launcher.client)
+    return launcher.run()

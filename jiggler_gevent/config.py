@@ -1,0 +1,134 @@
+"""Worker settings: the one place defaults live, and their validation.
+
+Owns :class:`Config` (a frozen dataclass) and :func:`parse_queues`. The CLI builds a
+Config from flags, env and a config file; tests build one directly. Must not talk
+to Redis or import gevent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from typing import Optional
+
+from .errors import ConfigError
+from .keys import DEFAULT_QUEUE, valid_queue_name
+
+AT_LEAST_ONCE = "at-least-once"
+AT_MOST_ONCE = "at-most-once"
+MODES = (AT_LEAST_ONCE, AT_MOST_ONCE)
+MAX_QUEUE_WEIGHT = 1000
+
+
+def default_redis_url() -> str:
+    """``JIGGLER_REDIS_URL``, else ``REDIS_URL``, else a local server on the default port."""
+    return (
+        os.environ.get("JIGGLER_REDIS_URL")
+        or os.environ.get("REDIS_URL")
+        or "redis://127.0.0.1:6379/0"
+    )
+
+
+def parse_queues(spec: str | list[str] | tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``"critical:3,default"`` -> ``(("critical", 3), ("default", 1))``.
+
+    Raises :class:`ConfigError` for empty, duplicate or invalid names and bad weights.
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    parsed: list[tuple[str, int]] = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, weight_text = item.partition(":")
+        weight = 1
+        if sep:
+            if not weight_text.isdigit() or not 1 <= int(weight_text) <= MAX_QUEUE_WEIGHT:
+                raise ConfigError(
+                    f"queue {item!r}: weight must be an integer from 1 to {MAX_QUEUE_WEIGHT}"
+                )
+            weight = int(weight_text)
+        if not valid_queue_name(name):
+            raise ConfigError(
+                f"queue name {name!r} is not valid: use letters, digits, '_', '.', '-' "
+                "(no ':' except before a weight, no wildcards or spaces)"
+            )
+        if any(name == seen for seen, _ in parsed):
+            raise ConfigError(f"queue {name!r} is listed twice")
+        parsed.append((name, weight))
+    if not parsed:
+        raise ConfigError("no queue given")
+    return tuple(parsed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a worker process needs to run. Times are in seconds."""
+
+    redis_url: str = dataclasses.field(default_factory=default_redis_url)
+    namespace: str = ""
+    queues: tuple = ((DEFAULT_QUEUE, 1),)
+    strict: Optional[bool] = None  # None: strict when no queue has a weight
+    concurrency: int = 10
+    mode: str = AT_LEAST_ONCE
+    timeout: float = 25.0  # shutdown: how long running jobs may finish after TERM
+    job_timeout: Optional[float] = None  # default hard timeout per job (None: no limit)
+    poll_interval: float = 5.0
+    stats_interval: float = 5.0
+    max_dead_jobs: int = 10_000
+    dead_timeout: float = 180 * 24 * 3600.0
+    fetch_timeout: float = 1.0  # longest blocking pop; bounds how fast a stop is noticed
+    socket_timeout: float = 5.0
+    require: Optional[str] = None
+    environment: str = "development"
+    verbose: bool = False
+    hostname: str = dataclasses.field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.queues, str):
+            object.__setattr__(self, "queues", parse_queues(self.queues))
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [name for name, _ in self.queues]
+
+    @property
+    def is_strict(self) -> bool:
+        if self.strict is not None:
+            return self.strict
+        return all(weight == 1 for _, weight in self.queues)
+
+    @property
+    def heartbeat_ttl(self) -> float:
+        """How long a heartbeat stays valid: three intervals, at least 10 s."""
+        return max(3 * self.stats_interval, 10.0)
+
+    def replace(self, **changes) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Config:
+        """Raise :class:`ConfigError` naming the first bad value; return self."""
+        _positive_int("concurrency", self.concurrency, upper=10_000)
+        _positive_int("max-dead-jobs", self.max_dead_jobs, upper=10**9)
+        for name in ("timeout", "poll_interval", "stats_interval", "dead_timeout",
+                     "fetch_timeout", "socket_timeout"):
+            _positive_number(name.replace("_", "-"), getattr(self, name))
+        if self.job_timeout is not None:
+            _positive_number("job-timeout", self.job_timeout)
+        if self.fetch_timeout >= self.socket_timeout:
+            raise ConfigError("fetch-timeout must be below the socket timeout")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        parse_queues([f"{n}:{w}" for n, w in self.queues])
+        return self
+
+
+def _positive_int(name: str, value: object, *, upper: int) -> None:
+    if type(value) is not int or not 1 <= value <= upper:
+        raise ConfigError(f"{name} must be an integer from 1 to {upper}, not {value!r}")
+
+
+def _positive_number(name: str, value: object) -> None:
+    if type(value) not in (int, float) or not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")

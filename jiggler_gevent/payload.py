@@ -1,0 +1,201 @@
+"""The job payload: build it, encode it, decode and check it.
+
+Owns the JSON wire format (documented in README.rst, "Wire format"). Encoding
+refuses anything JSON cannot carry faithfully; decoding turns any bytes into a
+:class:`Job payload dict <Payload>` or raises :class:`PayloadError` carrying the raw
+bytes and a reason. Must not talk to Redis or look jobs up.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import time
+from typing import Any
+
+import ujson
+
+from .errors import EnqueueError, PayloadError
+from .keys import valid_queue_name
+
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+MAX_RETRIES = 10_000
+ERROR_MESSAGE_MAX_CHARS = 2_000
+NAME_MAX_CHARS = 512
+
+Payload = dict  # a decoded, checked payload (a plain dict, see the README for its fields)
+
+_SCALARS = (str, bool, type(None))
+
+
+def new_jid() -> str:
+    """A random 24-hex-digit job id (96 bits)."""
+    return os.urandom(12).hex()
+
+
+def check_json_args(value: Any, where: str = "args") -> Any:
+    """Return ``value`` with tuples turned into lists, or raise :class:`EnqueueError`.
+
+    Only what survives a JSON round trip unchanged is accepted: ``None``, bools,
+    64-bit ints, finite floats, strings, lists/tuples and dicts with string keys.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is int:
+        if -(2**63) <= value < 2**64:
+            return value
+        raise EnqueueError(f"{where}: integer {value} does not fit in 64 bits")
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise EnqueueError(f"{where}: {value!r} is not a finite number JSON can carry")
+    if kind is list or kind is tuple:
+        return [check_json_args(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                raise EnqueueError(f"{where}: dict key {key!r} is not a string")
+        return {k: check_json_args(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise EnqueueError(
+        f"{where}: {kind.__name__} value {value!r:.80} cannot be sent as JSON; "
+        "pass ids, strings, numbers, lists or dicts instead"
+    )
+
+
+def build(
+    name: str,
+    args: Any,
+    kwargs: Any,
+    *,
+    queue: str,
+    retries: int,
+    retry_queue: str | None = None,
+    jid: str | None = None,
+    now: float | None = None,
+) -> dict:
+    """A new payload dict for one job; checks the arguments and options."""
+    if not valid_queue_name(queue):
+        raise EnqueueError(f"queue name {queue!r} is not valid (letters, digits, _ . -)")
+    if retry_queue is not None and not valid_queue_name(retry_queue):
+        raise EnqueueError(f"retry_queue name {retry_queue!r} is not valid")
+    if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
+        raise EnqueueError(f"retries must be an integer from 0 to {MAX_RETRIES}, not {retries!r}")
+    payload = {
+        "name": name,
+        "args": check_json_args(list(args), "args"),
+        "jid": jid or new_jid(),
+        "queue": queue,
+        "retries": retries,
+        "enqueued_at": time.time() if now is None else now,
+    }
+    if kwargs:
+        payload["kwargs"] = check_json_args(dict(kwargs), "kwargs")
+    if retry_queue and retry_queue != queue:
+        payload["retry_queue"] = retry_queue
+    return payload
+
+
+def dumps(payload: dict, *, check_size: bool = True) -> str:
+    """Encode a payload; refuses one larger than :data:`MAX_PAYLOAD_BYTES` unless
+    ``check_size`` is false (dead-set entries keep whatever they were given)."""
+    text = ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False)
+    if check_size and len(text) > MAX_PAYLOAD_BYTES // 4 and len(text.encode()) > MAX_PAYLOAD_BYTES:
+        raise EnqueueError(
+            f"payload of job {payload.get('name')!r} is over {MAX_PAYLOAD_BYTES} bytes; "
+            "store large data elsewhere and pass a reference"
+        )
+    return text
+
+
+def _check_count(payload: dict, field: str, raw: bytes, upper: int) -> None:
+    value = payload.get(field)
+    if value is None:
+        return
+    if type(value) is not int or not 0 <= value <= upper:
+        raise PayloadError(f"field {field!r} must be an integer from 0 to {upper}", raw)
+
+
+def loads(raw: bytes | str) -> dict:
+    """Decode and check one payload read from Redis, or raise :class:`PayloadError`.
+
+    On success the dict has ``name`` (str), ``args`` (list), ``kwargs`` (dict),
+    ``jid`` (str), and valid ``queue``/``retries``/``attempt`` when present.
+    """
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload is {len(raw)} bytes, over {MAX_PAYLOAD_BYTES}", raw)
+    try:
+        payload = ujson.loads(raw)
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise PayloadError(f"not valid JSON ({exc})", raw) from None
+    if type(payload) is not dict:
+        raise PayloadError(f"payload is a JSON {type(payload).__name__}, not an object", raw)
+    name = payload.get("name")
+    if type(name) is not str or not name or len(name) > NAME_MAX_CHARS:
+        raise PayloadError("field 'name' must be a non-empty string", raw)
+    args = payload.get("args", [])
+    if type(args) is not list:
+        raise PayloadError("field 'args' must be a list", raw)
+    kwargs = payload.get("kwargs")
+    if kwargs is None:
+        payload["kwargs"] = {}
+    elif type(kwargs) is not dict:
+        raise PayloadError("field 'kwargs' must be an object", raw)
+    jid = payload.get("jid")
+    if jid is None:
+        payload["jid"] = new_jid()
+    elif type(jid) is not str or not 0 < len(jid) <= 64:
+        raise PayloadError("field 'jid' must be a string of 1 to 64 characters", raw)
+    for field in ("queue", "retry_queue"):
+        if field in payload and not valid_queue_name(payload[field]):
+            raise PayloadError(f"field {field!r} is not a valid queue name", raw)
+    _check_count(payload, "retries", raw, MAX_RETRIES)
+    _check_count(payload, "attempt", raw, MAX_RETRIES + 1)
+    payload["args"] = args
+    return payload
+
+
+def failed(payload: dict, exc: BaseException, *, now: float, retry_at: float | None) -> dict:
+    """A copy of ``payload`` with the failure fields of one more failed attempt."""
+    out = dict(payload)
+    if not out.get("kwargs"):
+        out.pop("kwargs", None)
+    attempt = (payload.get("attempt") or 0) + 1
+    out["attempt"] = attempt
+    out["error_class"] = type(exc).__qualname__
+    out["error_message"] = _truncate(str(exc))
+    out.setdefault("failed_at", now)
+    if attempt > 1:
+        out["retried_at"] = now
+    if retry_at is None:
+        out.pop("retry_at", None)
+    else:
+        out["retry_at"] = retry_at
+    return out
+
+
+def dead_letter(raw: bytes | str, reason: str, *, queue: str | None, now: float) -> dict:
+    """A dead-set entry for bytes that are not a runnable job, keeping them exactly."""
+    entry: dict = {
+        "name": None,
+        "jid": new_jid(),
+        "queue": queue,
+        "error_class": "PayloadError",
+        "error_message": _truncate(reason),
+        "failed_at": now,
+    }
+    if isinstance(raw, str):
+        entry["raw"] = raw
+    else:
+        try:
+            entry["raw"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            entry["raw_b64"] = base64.b64encode(raw).decode("ascii")
+    return entry
+
+
+def _truncate(text: str) -> str:
+    if len(text) <= ERROR_MESSAGE_MAX_CHARS:
+        return text
+    return text[:ERROR_MESSAGE_MAX_CHARS] + "... (truncated)"

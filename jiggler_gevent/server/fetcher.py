@@ -1,0 +1,232 @@
+"""Reserving jobs from Redis, and the unit of work that hides the fetch mode.
+
+Owns how jobs leave their queues: at-most-once pops them, at-least-once moves them
+atomically into this process's in-progress list, so a crash cannot lose them.
+Workers call :meth:`Fetcher.fetch` for one job each; the idle workers share one
+Redis round trip, which reserves up to as many jobs as there are idle workers and
+never more. Must not run jobs or decide their outcome (that is the worker's).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from typing import Optional
+
+import gevent
+import redis
+from gevent.event import Event
+
+from ..config import AT_LEAST_ONCE, Config
+from ..keys import Keys
+from ..scripts import Scripts
+from .backoff import REDIS_ERRORS, Backoff
+
+log = logging.getLogger(__name__)
+
+MULTI_QUEUE_BLOCK_S = 0.2  # blocking slice per queue when several queues share a move
+
+
+class UnitOfWork:
+    """One reserved job: its raw bytes and where they came from.
+
+    ``acknowledge_into(pipe)`` adds the ack (at-least-once: remove from the
+    in-progress list; at-most-once: nothing) to a pipeline; ``requeue_keys`` are the
+    keys the requeue script needs to push the job back to the head of its queue.
+    """
+
+    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned")
+
+    def __init__(self, queue: str, queue_key: str, reserved_key: Optional[str], raw: bytes):
+        self.queue = queue
+        self.queue_key = queue_key
+        self.reserved_key = reserved_key
+        self.raw = raw
+        self.abandoned = False  # set at hard shutdown: the job was pushed back already
+
+    def acknowledge_into(self, pipe: redis.client.Pipeline) -> None:
+        if self.reserved_key is not None:
+            pipe.lrem(self.reserved_key, 1, self.raw)
+
+    @property
+    def requeue_keys(self) -> tuple[str, str]:
+        # the requeue script pushes unconditionally when both keys are the queue
+        return self.queue_key, self.reserved_key or self.queue_key
+
+    def __repr__(self) -> str:
+        return f"<UnitOfWork queue={self.queue} bytes={len(self.raw)}>"
+
+
+class Fetcher:
+    """Hands reserved jobs to worker greenlets, fetching in shared batches."""
+
+    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
+                 identity: str) -> None:
+        self.config = config
+        self.client = client
+        self.scripts = scripts
+        self.keys = keys
+        self.identity = identity
+        self.reliable = config.mode == AT_LEAST_ONCE
+        self.stopping = False
+        self._queues = [
+            (name, weight, keys.queue(name), keys.in_progress(name, identity))
+            for name, weight in config.queues
+        ]
+        self._buffer: collections.deque[UnitOfWork] = collections.deque()
+        self._waiting = 0
+        self._round: Optional[Event] = None
+        self._block_turn = 0
+        self._backoff = Backoff()
+        self._reply_lost = False  # a move may have happened without us seeing its reply
+        self.held: set[UnitOfWork] = set()  # reserved and not yet acknowledged in Redis
+
+    # the one call workers make ----------------------------------------------------
+
+    def fetch(self) -> Optional[UnitOfWork]:
+        """One reserved job, or None when nothing came within the fetch timeout
+        or the fetcher is stopping."""
+        self._waiting += 1
+        try:
+            while True:
+                if self._buffer:
+                    return self._buffer.popleft()
+                if self.stopping:
+                    return None
+                current = self._round
+                if current is None:
+                    return self._lead_round()
+                current.wait()
+        finally:
+            self._waiting -= 1
+
+    def _lead_round(self) -> Optional[UnitOfWork]:
+        self._round = done = Event()
+        try:
+            units = self._reserve(self._waiting)
+        finally:
+            self._round = None
+            done.set()
+        if not units:
+            return None
+        self._buffer.extend(units[1:])
+        return units[0]
+
+    # talking to Redis -------------------------------------------------------------
+
+    def _reserve(self, count: int) -> list[UnitOfWork]:
+        try:
+            if self._reply_lost and self.reliable:
+                self.reclaim_unowned()
+            units = self._reserve_batch(count)
+            if not units:
+                units = self._reserve_blocking()
+            self._backoff.reset()
+            self.held.update(units)
+            return units
+        except REDIS_ERRORS as exc:
+            self._reply_lost = True
+            delay = self._backoff.next_delay()
+            log.warning("fetch failed, retrying in %.2fs: %s: %s", delay, type(exc).__name__, exc)
+            gevent.sleep(delay)
+            return []
+
+    def _ordered_queues(self) -> list[tuple]:
+        if self.config.is_strict or len(self._queues) == 1:
+            return self._queues
+        # weighted random order, re-drawn per round (a queue of weight 3 leads 3x as often)
+        remaining = list(self._queues)
+        ordered = []
+        while remaining:
+            pick = random.choices(remaining, weights=[q[1] for q in remaining])[0]
+            remaining.remove(pick)
+            ordered.append(pick)
+        return ordered
+
+    def _reserve_batch(self, count: int) -> list[UnitOfWork]:
+        queues = self._ordered_queues()
+        keys: list[str] = []
+        for _, _, queue_key, reserved_key in queues:
+            keys.append(queue_key)
+            if self.reliable:
+                keys.append(reserved_key)
+        reply = self.scripts.fetch(keys=keys, args=[count, 1 if self.reliable else 0])
+        units = []
+        for i in range(0, len(reply), 2):
+            name, _, queue_key, reserved_key = queues[int(reply[i]) - 1]
+            units.append(UnitOfWork(name, queue_key, reserved_key if self.reliable else None,
+                                    reply[i + 1]))
+        return units
+
+    def _reserve_blocking(self) -> list[UnitOfWork]:
+        timeout = self.config.fetch_timeout
+        if not self.reliable:
+            reply = self.client.brpop([q[2] for q in self._ordered_queues()], timeout=timeout)
+            if reply is None:
+                return []
+            key, raw = reply
+            key = key.decode() if isinstance(key, bytes) else key
+            for name, _, queue_key, _ in self._queues:
+                if queue_key == key:
+                    return [UnitOfWork(name, queue_key, None, raw)]
+            raise RuntimeError(f"BRPOP answered from a key we did not ask for: {key!r}")
+        # BLMOVE takes one source list: block on one queue at a time, in turn
+        if len(self._queues) > 1:
+            timeout = min(timeout, MULTI_QUEUE_BLOCK_S)
+        self._block_turn = (self._block_turn + 1) % len(self._queues)
+        name, _, queue_key, reserved_key = self._ordered_queues()[0] \
+            if not self.config.is_strict else self._queues[self._block_turn]
+        raw = self.client.blmove(queue_key, reserved_key, timeout, "RIGHT", "LEFT")
+        return [] if raw is None else [UnitOfWork(name, queue_key, reserved_key, raw)]
+
+    # giving jobs back -------------------------------------------------------------
+
+    def requeue(self, units: list[UnitOfWork]) -> int:
+        """Push jobs back to the head of their queues (one script call); returns how many."""
+        if not units:
+            return 0
+        keys: list[str] = []
+        for unit in units:
+            keys.extend(unit.requeue_keys)
+        pushed = int(self.scripts.requeue(keys=keys, args=[u.raw for u in units]))
+        self.release(units)
+        return pushed
+
+    def release(self, units: collections.abc.Iterable[UnitOfWork]) -> None:
+        """Forget units whose ack (or push back) has reached Redis."""
+        self.held.difference_update(units)
+
+    def take_buffered(self) -> list[UnitOfWork]:
+        """Reserved jobs no worker has taken yet (emptied)."""
+        units = list(self._buffer)
+        self._buffer.clear()
+        return units
+
+    def reclaim_unowned(self) -> int:
+        """Push back jobs in our in-progress lists that we do not hold.
+
+        After a fetch whose reply was lost, the server may have moved jobs that we
+        never received; they would sit in our in-progress list until we exit. At
+        exit, when nothing is held any more, this drains the lists.
+        """
+        if not self.reliable:
+            return 0
+        held_raw = collections.Counter(u.raw for u in self.held)
+        moved = 0
+        for name, _, queue_key, reserved_key in self._queues:
+            if not held_raw:
+                moved += int(self.scripts.drain(keys=[reserved_key, queue_key]))
+                continue
+            orphans = []
+            for raw in self.client.lrange(reserved_key, 0, -1):
+                if held_raw[raw] > 0:
+                    held_raw[raw] -= 1
+                else:
+                    orphans.append(UnitOfWork(name, queue_key, reserved_key, raw))
+            moved += self.requeue(orphans)
+        self._reply_lost = False
+        if moved:
+            log.warning("pushed back %d reserved job(s) that no worker held", moved)
+        return moved
+

@@ -1,0 +1,70 @@
+"""Moving due jobs from the scheduled and retry sets to their queues.
+
+Owns the poll loop. Each batch is one Lua script (``schedule.lua``) that removes a
+due job and pushes it in one atomic step, so a failure between the two can neither
+lose nor double a job, and several processes polling at once move each job once.
+Must not run or decode jobs (the script sends malformed entries to the dead set).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Optional
+
+from gevent.event import Event
+
+from ..config import Config
+from ..keys import Keys
+from ..scripts import Scripts
+from .backoff import REDIS_ERRORS, Backoff
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 100
+
+
+class Poller:
+    """Every ``poll_interval`` (with jitter), move due jobs; :meth:`poll_once` is one pass."""
+
+    def __init__(self, config: Config, scripts: Scripts, keys: Keys) -> None:
+        self.config = config
+        self.scripts = scripts
+        self.keys = keys
+        self.stopping = False
+        self._wake = Event()
+
+    def poll_once(self, now: Optional[float] = None) -> int:
+        """Move every job due at ``now`` (default: the current time); returns how many."""
+        now = time.time() if now is None else now
+        moved = 0
+        for set_key, prefer_retry_queue in ((self.keys.scheduled, 0), (self.keys.retries, 1)):
+            while True:
+                count = int(self.scripts.schedule(
+                    keys=[set_key, self.keys.dead],
+                    args=[repr(now), BATCH_SIZE, self.keys.queue_prefix, prefer_retry_queue],
+                ))
+                moved += count
+                if count < BATCH_SIZE:
+                    break
+        if moved:
+            log.debug("moved %d due job(s) to their queues", moved)
+        return moved
+
+    def run(self) -> None:
+        backoff = Backoff(base=0.5, cap=30.0)
+        while not self.stopping:
+            try:
+                self.poll_once()
+                backoff.reset()
+                delay = self.config.poll_interval * random.uniform(0.5, 1.5)
+            except REDIS_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("poll failed, retrying in %.2fs: %s: %s", delay,
+                            type(exc).__name__, exc)
+            self._wake.wait(delay)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._wake.set()

@@ -1,0 +1,156 @@
+"""One worker greenlet's loop, and the ack rule, written once.
+
+Owns running one reserved job: decode, look the name up in the registry, check the
+arguments, run ``perform`` inside the job's timeout, then settle the outcome:
+
+* success -> ack (batched by the acker), processed += 1
+* the job raised, or ran past its timeout -> retry set with backoff, or dead set when
+  its retries are used up; the ack is part of that same write; failed += 1
+* bad JSON, unknown name, bad arguments -> dead set with the raw bytes and a
+  reason, acked in the same write; failed += 1
+* shutdown deadline passed (:class:`Shutdown`) -> no ack: the manager has pushed
+  the job back to the head of its queue
+
+Must not fetch in bulk, talk to Redis for anything but outcomes, or swallow
+:class:`Shutdown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import gevent
+from greenlet import GreenletExit
+
+from .. import payload as _payload
+from ..errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
+from ..job import lookup
+from .acker import Acker
+from .backoff import REDIS_ERRORS
+from .fetcher import Fetcher, UnitOfWork
+from .retrier import Retrier
+from .stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class BadArguments(TypeError):
+    """The payload's args/kwargs do not fit the job's ``perform`` signature."""
+
+
+class Worker:
+    """A fetch-execute loop; :meth:`process_one` is one step of it."""
+
+    def __init__(self, index: int, fetcher: Fetcher, acker: Acker, retrier: Retrier,
+                 stats: Stats, default_timeout: Optional[float] = None) -> None:
+        self.index = index
+        self.fetcher = fetcher
+        self.acker = acker
+        self.retrier = retrier
+        self.stats = stats
+        self.default_timeout = default_timeout
+        self.current: Optional[UnitOfWork] = None
+        self.current_job: Optional[dict] = None
+        self.started_at = 0.0
+        self.in_perform = False  # True only while user code runs (safe to interrupt)
+
+    @property
+    def name(self) -> str:
+        return f"jiggler.worker-{self.index}"
+
+    def run(self) -> None:
+        """Process jobs until the fetcher stops; Redis errors never end the loop."""
+        while not self.fetcher.stopping:
+            self.process_one()
+
+    def process_one(self) -> bool:
+        """Fetch one job (waiting up to the fetch timeout) and process it.
+        Returns whether a job was processed."""
+        unit = self.fetcher.fetch()
+        if unit is None:
+            return False
+        self.process(unit)
+        return True
+
+    def process(self, unit: UnitOfWork) -> str:
+        """Run one reserved job and settle it; returns the outcome
+        ("ok", "retry", "dead" or "requeued")."""
+        self.current, self.started_at = unit, time.time()
+        try:
+            return self._settle(unit)
+        finally:
+            self.current = self.current_job = None
+
+    # the ack rule -----------------------------------------------------------------
+
+    def _settle(self, unit: UnitOfWork) -> str:
+        try:
+            job, job_class = self._decode(unit)
+        except (PayloadError, UnknownJobError, BadArguments) as exc:
+            return self._record_failure(unit, exc, getattr(exc, "job", None), None)
+        self.current_job = job
+        try:
+            self._perform(job_class, job)
+        except (Shutdown, GreenletExit):
+            return "requeued"  # the manager already pushed the job back; never ack it
+        except BaseException as exc:  # any failure of user code takes the retry path
+            if unit.abandoned:
+                return "requeued"
+            return self._record_failure(unit, exc, job, job_class)
+        if unit.abandoned:
+            return "requeued"
+        self.acker.ack(unit)
+        self.stats.processed += 1
+        return "ok"
+
+    def _decode(self, unit: UnitOfWork) -> tuple[dict, type]:
+        job = _payload.loads(unit.raw)
+        try:
+            job_class = lookup(job["name"])
+        except UnknownJobError as exc:
+            exc.job = job
+            raise
+        try:
+            job_class.check_arguments(job["args"], job["kwargs"])
+        except TypeError as exc:
+            err = BadArguments(f"arguments do not fit {job['name']}.perform: {exc}")
+            err.job = job
+            raise err from None
+        return job, job_class
+
+    def _perform(self, job_class: type, job: dict) -> Any:
+        instance = job_class()
+        instance.jid = job["jid"]
+        instance.queue_name = job.get("queue") or self.current.queue
+        instance.attempt = job.get("attempt") or 0
+        seconds = job_class.timeout or self.default_timeout
+        log.debug("start jid=%s name=%s", instance.jid, job["name"])
+        self.in_perform = True
+        try:
+            if seconds is None:
+                return instance.perform(*job["args"], **job["kwargs"])
+            expired = JobTimeout(seconds)
+            with gevent.Timeout(seconds, expired):
+                return instance.perform(*job["args"], **job["kwargs"])
+        finally:
+            self.in_perform = False
+
+    def _record_failure(self, unit: UnitOfWork, exc: BaseException, job: Optional[dict],
+                        job_class: Optional[type]) -> str:
+        """Retry set or dead set, via the retrier. A job class means the job ran and
+        failed; none means it could not run at all. A non-Redis error while writing
+        (a payload that cannot be re-encoded, say) still ends in the dead set."""
+        self.stats.failed += 1
+        try:
+            if job_class is None:
+                self.retrier.bury(unit, exc, job)
+                return "dead"
+            return self.retrier.job_failed(unit, job, job_class, exc)
+        except REDIS_ERRORS:
+            raise  # only when hard-stopped: the job stays reserved / is pushed back
+        except Exception as err:
+            log.exception("could not record the failure; burying the raw payload")
+            self.retrier.bury(unit, PayloadError(f"failure could not be recorded: {err}"))
+            return "dead"
