@@ -203,16 +203,17 @@ class Fetcher:
         self._buffer.clear()
         return units
 
-    def reclaim_unowned(self) -> int:
+    def reclaim_unowned(self, everything: bool = False) -> int:
         """Push back jobs in our in-progress lists that we do not hold.
 
         After a fetch whose reply was lost, the server may have moved jobs that we
         never received; they would sit in our in-progress list until we exit. At
-        exit, when nothing is held any more, this drains the lists.
+        exit (``everything=True``, when no worker runs any more) this drains the lists.
         """
         if not self.reliable:
             return 0
-        held_raw = collections.Counter(u.raw for u in self.held)
+        held_raw = collections.Counter() if everything else \
+            collections.Counter(u.raw for u in self.held)
         moved = 0
         for name, _, queue_key, reserved_key in self._queues:
             if not held_raw:

@@ -140,7 +140,7 @@ class Launcher:
         self._safely("push back unstarted jobs", self.fetcher.requeue, leftovers)
         self.acker.stop()
         gevent.joinall([g for g in self._services if g.name == "jiggler.acker"], timeout=10)
-        self._safely("push back reserved jobs", self.fetcher.reclaim_unowned)
+        self._safely("push back reserved jobs", self.fetcher.reclaim_unowned, True)
         self.monitor.stop()
         self._safely("flush counters", self.monitor.beat_once)
         self._safely("remove the heartbeat", self.monitor.remove)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STOP_POLL_S = 0.05
 KILL_WAIT_S = 2.0
+REPLACE_DELAY_S = 0.1
 
 
 class Manager:
@@ -47,13 +48,16 @@ class Manager:
         for index in range(self.concurrency):
             self._spawn(index)
 
-    def _spawn(self, index: int) -> None:
+    def _spawn(self, index: int, delay: float = 0.0) -> None:
         worker = self.make_worker(index)
         greenlet = Greenlet(worker.run)
         greenlet.name = worker.name
         greenlet.link(self._worker_exited)
         self.workers[index], self.greenlets[index] = worker, greenlet
-        greenlet.start()
+        if delay:
+            greenlet.start_later(delay)
+        else:
+            greenlet.start()
 
     def _worker_exited(self, greenlet: Greenlet) -> None:
         index = next((i for i, g in self.greenlets.items() if g is greenlet), None)
@@ -69,7 +73,7 @@ class Manager:
             gevent.spawn(self._push_back, [unit])
         if not self.stopping:
             self.replaced += 1
-            self._spawn(index)
+            self._spawn(index, delay=REPLACE_DELAY_S)  # no hot loop if a worker dies at once
 
     def _push_back(self, units: list) -> int:
         try:
