@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class LocalServer:
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches our caller, not the server
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -142,13 +144,18 @@ class LocalServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> LocalServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # clean up on TERM too
     with LocalServer() as server:
         print(f"{server.binary} listening; REDIS_URL={server.url}", flush=True)
         try:

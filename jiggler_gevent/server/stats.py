@@ -10,25 +10,35 @@ from __future__ import annotations
 class Stats:
     """Counters since the last flush (plain ints: greenlets never preempt a +=)."""
 
-    __slots__ = ("processed", "failed", "processed_total", "failed_total")
+    __slots__ = ("processed", "failed", "_flushed_processed", "_flushed_failed")
 
     def __init__(self) -> None:
         self.processed = 0
         self.failed = 0
-        self.processed_total = 0  # since start, for logs and the demo
-        self.failed_total = 0
+        self._flushed_processed = 0
+        self._flushed_failed = 0
+
+    @property
+    def processed_total(self) -> int:
+        """Jobs processed since start, flushed or not."""
+        return self._flushed_processed + self.processed
+
+    @property
+    def failed_total(self) -> int:
+        """Failures since start, flushed or not."""
+        return self._flushed_failed + self.failed
 
     def take(self) -> tuple[int, int]:
         """Return and reset the counts to flush."""
         counts = (self.processed, self.failed)
         self.processed = self.failed = 0
-        self.processed_total += counts[0]
-        self.failed_total += counts[1]
+        self._flushed_processed += counts[0]
+        self._flushed_failed += counts[1]
         return counts
 
     def put_back(self, processed: int, failed: int) -> None:
         """Undo a :meth:`take` whose flush did not reach Redis."""
         self.processed += processed
         self.failed += failed
-        self.processed_total -= processed
-        self.failed_total -= failed
+        self._flushed_processed -= processed
+        self._flushed_failed -= failed
