@@ -71,7 +71,10 @@ def build_parser() -> configargparse.ArgParser:
         description="Run background jobs from Redis queues on a pool of gevent greenlets.",
         auto_env_var_prefix="JIGGLER_",
         args_for_setting_config_path=["-C", "--config"],
-        config_arg_help_message="config file (lines of `option = value`)",
+        config_arg_help_message="config file (lines of `option-name = value`; "
+                                "env JIGGLER_CONFIG)",
+        default_config_files=[os.environ["JIGGLER_CONFIG"]] if os.environ.get("JIGGLER_CONFIG")
+        else [],
     )
     p.add_argument("-q", "--queues", type=_queues, default=parse_queues("default"),
                    help="comma-separated queues, `name` or `name:weight` (default: default). "

@@ -121,6 +121,11 @@ class Config:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         parse_queues([f"{n}:{w}" for n, w in self.queues])
+        if self.namespace and not valid_queue_name(self.namespace.rstrip(":")):
+            raise ConfigError(f"namespace {self.namespace!r}: use letters, digits, '_', '.', '-'")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"redis url must start with redis://, rediss:// or unix://, "
+                              f"not {self.redis_url.split('://')[0]!r}")
         return self
 
 

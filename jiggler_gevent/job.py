@@ -221,8 +221,8 @@ class Enqueuer:
         """ZADD the job to the scheduled set, due at ``when``.
 
         ``when`` is an epoch timestamp or a datetime (a naive datetime is local
-        time, as :meth:`datetime.timestamp` reads it). A time in the past runs
-        at the poller's next pass.
+        time, as :meth:`datetime.timestamp` reads it). A time that has already
+        passed pushes the job straight to its queue.
         """
         at = _epoch(when)
         job = self.build(args, kwargs)

@@ -3,10 +3,12 @@
 Owns the N named worker greenlets. A worker greenlet that dies of an unexpected
 error is replaced (its job pushed back first). Stopping follows gevent's
 ``BaseServer.stop``: stop intake, wait up to the shutdown timeout for running jobs,
-then push the jobs still running back to the head of their queues and interrupt
-them with :class:`Shutdown`. Only greenlets that are inside user code are
-interrupted, never one in the middle of our own Redis command. Must not fetch,
-ack or decide outcomes.
+then push the jobs still running back to the head of their queues (in both modes:
+an interrupted job runs again from the start) and interrupt them with
+:class:`Shutdown`. Greenlets inside user code, or idle in a fetch, are interrupted
+first (redis-py drops a connection whose command was interrupted, and a job whose
+reply was lost is drained back at exit); one inside our own Redis write (a retry
+or dead entry) gets a further grace period. Must not fetch, ack or decide outcomes.
 """
 
 from __future__ import annotations

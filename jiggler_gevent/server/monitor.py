@@ -98,10 +98,15 @@ class Monitor:
                         pipe.incrby(total, count)
                         pipe.incrby(daily, count)
                         pipe.expire(daily, HISTORY_TTL_S)
-                pipe.execute()
+                replies = pipe.execute(raise_on_error=False)
         except BaseException:
+            # nothing was applied (EXECABORT) or we cannot tell (connection lost):
+            # keep the counts for the next beat
             self.stats.put_back(processed, failed)
             raise
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors:  # EXEC ran: the other commands applied, so the counts are not put back
+            log.error("heartbeat: %d command(s) failed inside EXEC: %s", len(errors), errors[0])
 
     def remove(self) -> None:
         """Delete this process's heartbeat (at clean exit)."""

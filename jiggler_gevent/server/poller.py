@@ -41,12 +41,13 @@ class Poller:
         moved = 0
         for set_key, prefer_retry_queue in ((self.keys.scheduled, 0), (self.keys.retries, 1)):
             while True:
-                count = int(self.scripts.schedule(
+                pushed, buried = self.scripts.schedule(
                     keys=[set_key, self.keys.dead],
-                    args=[repr(now), BATCH_SIZE, self.keys.queue_prefix, prefer_retry_queue],
-                ))
-                moved += count
-                if count < BATCH_SIZE:
+                    args=[repr(now), BATCH_SIZE, self.keys.queue_prefix, prefer_retry_queue,
+                          self.config.max_dead_jobs, repr(now - self.config.dead_timeout)],
+                )
+                moved += int(pushed)
+                if int(pushed) + int(buried) < BATCH_SIZE:
                     break
         if moved:
             log.debug("moved %d due job(s) to their queues", moved)

@@ -60,6 +60,7 @@ class Retrier:
             retry_at = now + self._delay(job_class, attempt, exc)
             entry = _payload.failed(job, exc, now=now, retry_at=retry_at)
             entry["error_backtrace"] = _backtrace(exc)
+            entry["queue"] = entry.get("queue") or unit.queue  # raw producers may omit it
             self._store(unit, self.keys.retries, retry_at, entry, dead=False)
             log.info("job failed, retry %d/%d in %.1fs jid=%s name=%s error=%s: %s", attempt,
                      retries, retry_at - now, job.get("jid"), job.get("name"),
@@ -67,6 +68,7 @@ class Retrier:
             return "retry"
         entry = _payload.failed(job, exc, now=now, retry_at=None)
         entry["error_backtrace"] = _backtrace(exc)
+        entry["queue"] = entry.get("queue") or unit.queue
         self._store(unit, self.keys.dead, now, entry, dead=True)
         log.warning("job dead after %d attempt(s) jid=%s name=%s error=%s: %s", attempt,
                     job.get("jid"), job.get("name"), type(exc).__name__, exc)

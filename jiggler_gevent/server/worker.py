@@ -78,10 +78,9 @@ class Worker:
         """Run one reserved job and settle it; returns the outcome
         ("ok", "retry", "dead" or "requeued")."""
         self.current, self.started_at = unit, time.time()
-        try:
-            return self._settle(unit)
-        finally:
-            self.current = self.current_job = None
+        outcome = self._settle(unit)  # on an unexpected error `current` stays set, so the
+        self.current = self.current_job = None  # manager can push the job back
+        return outcome
 
     # the ack rule -----------------------------------------------------------------
 
