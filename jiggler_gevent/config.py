@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 from typing import Optional
 
@@ -44,7 +45,8 @@ def parse_queues(spec: str | list[str] | tuple[str, ...]) -> tuple[tuple[str, in
         name, sep, weight_text = item.partition(":")
         weight = 1
         if sep:
-            if not weight_text.isdigit() or not 1 <= int(weight_text) <= MAX_QUEUE_WEIGHT:
+            if not re.fullmatch(r"[0-9]{1,4}", weight_text) or \
+                    not 1 <= int(weight_text) <= MAX_QUEUE_WEIGHT:
                 raise ConfigError(
                     f"queue {item!r}: weight must be an integer from 1 to {MAX_QUEUE_WEIGHT}"
                 )
@@ -86,8 +88,10 @@ class Config:
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
-        if isinstance(self.queues, str):
-            object.__setattr__(self, "queues", parse_queues(self.queues))
+        queues = self.queues
+        if isinstance(queues, str) or (
+                isinstance(queues, (list, tuple)) and all(isinstance(q, str) for q in queues)):
+            object.__setattr__(self, "queues", parse_queues(queues))
 
     @property
     def queue_names(self) -> list[str]:

@@ -95,6 +95,7 @@ class ClientSettings:
         self.keys = Keys("")
         self.max_connections = DEFAULT_CLIENT_CONNECTIONS
         self._client: Optional[redis.Redis] = None
+        self._owned = False  # True when we built the client (so we may close it)
 
     def configure(
         self,
@@ -110,8 +111,14 @@ class ClientSettings:
                 self.keys = Keys(namespace)
             if max_connections is not None:
                 self.max_connections = max_connections
-            old, self._client = self._client, client
-        if old is not None and old is not client:
+            old, old_owned = self._client, self._owned
+            if client is not None:
+                self._client, self._owned = client, False
+            elif redis_url is not None or max_connections is not None:
+                self._client, self._owned = None, False  # rebuilt on next use
+            else:
+                return  # only the namespace changed: keep the client
+        if old is not None and old is not self._client and old_owned:
             old.close()
 
     @property
@@ -125,6 +132,7 @@ class ClientSettings:
                         max_connections=self.max_connections,
                         pool_timeout=20,
                     )
+                    self._owned = True
                 client = self._client
         return client
 

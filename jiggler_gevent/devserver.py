@@ -108,12 +108,25 @@ class LocalServer:
         raise RuntimeError(f"{self.binary} did not answer on port {self.port}{self._log_tail()}")
 
     def _answers(self) -> bool:
+        """True once *our* process answers on the port (a foreign server that holds the
+        port answers too, so the pid in INFO must be ours; with a password, -NOAUTH
+        counts as an answer and the check is that our process is still alive)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+                sock.sendall(b"INFO server\r\n")
+                reply = b""
+                while not reply.startswith(b"-") and b"process_id:" not in reply:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return False
+                    reply += chunk
         except OSError:
             return False
+        if reply.startswith(b"-NOAUTH"):
+            time.sleep(0.05)  # a foreign server would have made ours exit by now
+            return self.process is not None and self.process.poll() is None
+        pid = reply.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0] if b"process_id:" in reply else b""
+        return self.process is not None and pid.strip() == str(self.process.pid).encode()
 
     def _log_tail(self) -> str:
         try:

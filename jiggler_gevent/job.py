@@ -24,6 +24,8 @@ from .keys import DEFAULT_QUEUE, valid_queue_name
 BULK_CHUNK = 1000
 RETRY_BASE_S = 15.0
 RETRY_MAX_S = 24 * 3600.0
+ARITY_CACHE_SIZE = 64
+_UNKNOWN = object()
 
 _registry: dict[str, type[Job]] = {}
 
@@ -122,7 +124,29 @@ class Job:
 
     @classmethod
     def check_arguments(cls, args: list, kwargs: dict) -> None:
-        """Raise TypeError when ``perform`` cannot be called with these arguments."""
+        """Raise TypeError when ``perform`` cannot be called with these arguments.
+
+        Whether a call binds depends only on the number of positional arguments and
+        the keyword names, so the answer is cached per class on that shape.
+        """
+        shape = (len(args), frozenset(kwargs)) if kwargs else len(args)
+        cache = cls.__dict__.get("_arity_cache")
+        if cache is None:
+            cache = cls._arity_cache = {}
+        error = cache.get(shape, _UNKNOWN)
+        if error is _UNKNOWN:
+            try:
+                cls._bind(args, kwargs)
+                error = None
+            except TypeError as exc:
+                error = str(exc)
+            if len(cache) < ARITY_CACHE_SIZE:
+                cache[shape] = error
+        if error is not None:
+            raise TypeError(error)
+
+    @classmethod
+    def _bind(cls, args: list, kwargs: dict) -> None:
         cls._signature.bind(None, *args, **kwargs)
 
     # enqueueing, as class methods -------------------------------------------------
@@ -133,7 +157,7 @@ class Job:
         return Enqueuer(cls).with_options(**options)
 
     @classmethod
-    def enqueue(cls, *args: Any, **kwargs: Any) -> str:
+    def enqueue(cls, /, *args: Any, **kwargs: Any) -> str:
         """Push the job to its queue now; returns its jid."""
         return Enqueuer(cls).enqueue(*args, **kwargs)
 
@@ -143,12 +167,12 @@ class Job:
         return Enqueuer(cls).enqueue_bulk(arg_lists)
 
     @classmethod
-    def enqueue_in(cls, seconds: float, *args: Any, **kwargs: Any) -> str:
+    def enqueue_in(cls, seconds: float, /, *args: Any, **kwargs: Any) -> str:
         """Schedule the job to run ``seconds`` from now; returns its jid."""
         return Enqueuer(cls).enqueue_in(seconds, *args, **kwargs)
 
     @classmethod
-    def enqueue_at(cls, when: _dt.datetime | float, *args: Any, **kwargs: Any) -> str:
+    def enqueue_at(cls, when: _dt.datetime | float, /, *args: Any, **kwargs: Any) -> str:
         """Schedule the job at a datetime or epoch timestamp; returns its jid."""
         return Enqueuer(cls).enqueue_at(when, *args, **kwargs)
 
@@ -187,7 +211,7 @@ class Enqueuer:
             jid=jid or self.options.get("jid"),
         )
 
-    def enqueue(self, *args: Any, **kwargs: Any) -> str:
+    def enqueue(self, /, *args: Any, **kwargs: Any) -> str:
         """LPUSH the job to its queue; returns the jid."""
         job = self.build(args, kwargs)
         settings.client.lpush(settings.keys.queue(job["queue"]), _payload.dumps(job))
@@ -211,13 +235,13 @@ class Enqueuer:
             pipe.execute()
         return [job["jid"] for job in jobs]
 
-    def enqueue_in(self, seconds: float, *args: Any, **kwargs: Any) -> str:
+    def enqueue_in(self, seconds: float, /, *args: Any, **kwargs: Any) -> str:
         """ZADD the job to the scheduled set, due ``seconds`` from now."""
         if type(seconds) not in (int, float) or seconds != seconds:
             raise EnqueueError(f"seconds must be a number, not {seconds!r}")
         return self.enqueue_at(time.time() + seconds, *args, **kwargs)
 
-    def enqueue_at(self, when: _dt.datetime | float, *args: Any, **kwargs: Any) -> str:
+    def enqueue_at(self, when: _dt.datetime | float, /, *args: Any, **kwargs: Any) -> str:
         """ZADD the job to the scheduled set, due at ``when``.
 
         ``when`` is an epoch timestamp or a datetime (a naive datetime is local
@@ -238,7 +262,10 @@ def _split_item(item: Any) -> tuple[Any, Any]:
         extra = set(item) - {"args", "kwargs"}
         if extra:
             raise EnqueueError(f"bulk item keys must be 'args' and 'kwargs', not {sorted(extra)}")
-        return item.get("args", ()), item.get("kwargs") or {}
+        args, kwargs = item.get("args", ()), item.get("kwargs") or {}
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise EnqueueError(f"bulk item {item!r:.80}: 'args' must be a list, 'kwargs' a dict")
+        return args, kwargs
     if isinstance(item, (list, tuple)):
         return item, {}
     raise EnqueueError(f"bulk item {item!r:.80} must be a list of arguments or an args/kwargs dict")
@@ -262,7 +289,7 @@ class FunctionJob(Job):
         return type(self).function(*args, **kwargs)
 
     @classmethod
-    def check_arguments(cls, args: list, kwargs: dict) -> None:
+    def _bind(cls, args: list, kwargs: dict) -> None:
         cls._signature.bind(*args, **kwargs)
 
 
@@ -292,7 +319,7 @@ def job(
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         attrs = {
-            "name": name or f"{fn.__module__}.{fn.__qualname__}",
+            "name": f"{fn.__module__}.{fn.__qualname__}" if name is None else name,
             "queue": queue,
             "retries": retries,
             "retry_queue": retry_queue,

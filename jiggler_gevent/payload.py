@@ -97,16 +97,22 @@ def build(
     return payload
 
 
-def dumps(payload: dict, *, check_size: bool = True) -> str:
-    """Encode a payload; refuses one larger than :data:`MAX_PAYLOAD_BYTES` unless
-    ``check_size`` is false (dead-set entries keep whatever they were given)."""
+def dumps(payload: dict, *, check_size: bool = True) -> bytes:
+    """Encode a payload as UTF-8 JSON bytes; refuses one larger than
+    :data:`MAX_PAYLOAD_BYTES` unless ``check_size`` is false (dead-set entries keep
+    whatever they were given), and strings UTF-8 cannot carry (lone surrogates)."""
     text = ujson.dumps(payload, ensure_ascii=False, escape_forward_slashes=False)
-    if check_size and len(text) > MAX_PAYLOAD_BYTES // 4 and len(text.encode()) > MAX_PAYLOAD_BYTES:
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EnqueueError(f"payload of job {payload.get('name')!r} has a string UTF-8 cannot "
+                           f"encode (a lone surrogate?): {exc.reason}") from None
+    if check_size and len(data) > MAX_PAYLOAD_BYTES:
         raise EnqueueError(
             f"payload of job {payload.get('name')!r} is over {MAX_PAYLOAD_BYTES} bytes; "
             "store large data elsewhere and pass a reference"
         )
-    return text
+    return data
 
 
 def _check_count(payload: dict, field: str, raw: bytes, upper: int) -> None:
@@ -147,6 +153,8 @@ def loads(raw: bytes | str) -> dict:
         payload["jid"] = new_jid()
     elif type(jid) is not str or not 0 < len(jid) <= 64:
         raise PayloadError("field 'jid' must be a string of 1 to 64 characters", raw)
+    if "retry_queue" in payload and payload["retry_queue"] is None:
+        del payload["retry_queue"]  # null means "not set" for producers in other languages
     for field in ("queue", "retry_queue"):
         if field in payload and not valid_queue_name(payload[field]):
             raise PayloadError(f"field {field!r} is not a valid queue name", raw)

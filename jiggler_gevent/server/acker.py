@@ -1,9 +1,11 @@
 """Batched acknowledgements of jobs that succeeded.
 
 Owns removing finished jobs from the in-progress lists (at-least-once mode). Workers
-hand units over and go on; one greenlet sends every pending ack in a single
-pipeline, so under load hundreds of acks share one round trip. A failed flush keeps
-the acks and tries again with backoff. Must not decide outcomes: a failed job's ack
+hand units over and go on. Pending acks ride along with the next fetch (one script
+call both acks and reserves, so the in-progress list stays as short as the number
+of running jobs); when no fetch comes soon (all workers busy, or idle and blocked)
+this greenlet sends them in one pipeline. A failed flush keeps the acks and tries
+again with backoff. Must not decide outcomes: a failed job's ack
 is written by the retrier, in the same transaction as its retry or dead entry.
 """
 
@@ -21,6 +23,7 @@ from .fetcher import Fetcher, UnitOfWork
 log = logging.getLogger(__name__)
 
 MAX_ACKS_PER_PIPELINE = 1000
+ACK_DELAY_S = 0.005  # how long acks wait for a fetch to carry them
 
 
 class Acker:
@@ -29,7 +32,6 @@ class Acker:
     def __init__(self, client: redis.Redis, fetcher: Fetcher) -> None:
         self.client = client
         self.fetcher = fetcher
-        self.pending: list[UnitOfWork] = []
         self._wake = Event()
         self._stopping = False
         self._backoff = Backoff()
@@ -39,14 +41,19 @@ class Acker:
         if unit.reserved_key is None:  # at-most-once: nothing to remove
             self.fetcher.release((unit,))
             return
-        self.pending.append(unit)
+        self.fetcher.pending_acks.append(unit)
         self._wake.set()
+
+    @property
+    def pending(self) -> list[UnitOfWork]:
+        return self.fetcher.pending_acks
 
     def flush(self) -> int:
         """Send pending acks in one pipeline; returns how many; raises on Redis errors
         (the acks stay pending)."""
-        batch, self.pending = self.pending[:MAX_ACKS_PER_PIPELINE], \
-            self.pending[MAX_ACKS_PER_PIPELINE:]
+        pending = self.fetcher.pending_acks
+        batch = pending[:MAX_ACKS_PER_PIPELINE]
+        del pending[:MAX_ACKS_PER_PIPELINE]
         if not batch:
             return 0
         try:
@@ -55,7 +62,7 @@ class Acker:
                     unit.acknowledge_into(pipe)
                 pipe.execute()
         except BaseException:
-            self.pending[:0] = batch
+            self.fetcher.pending_acks[:0] = batch
             raise
         self.fetcher.release(batch)
         return len(batch)
@@ -66,6 +73,7 @@ class Acker:
             if not self.pending:
                 self._wake.wait()
                 self._wake.clear()
+                gevent.sleep(ACK_DELAY_S)  # let a fetch carry them first
                 continue
             try:
                 self.flush()

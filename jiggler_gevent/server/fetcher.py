@@ -36,18 +36,21 @@ class UnitOfWork:
     keys the requeue script needs to push the job back to the head of its queue.
     """
 
-    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned")
+    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned", "queue_index")
 
-    def __init__(self, queue: str, queue_key: str, reserved_key: Optional[str], raw: bytes):
+    def __init__(self, queue: str, queue_key: str, reserved_key: Optional[str], raw: bytes,
+                 queue_index: int = 0):
         self.queue = queue
         self.queue_key = queue_key
         self.reserved_key = reserved_key
         self.raw = raw
+        self.queue_index = queue_index  # 1-based position in the fetcher's queue list
         self.abandoned = False  # set at hard shutdown: the job was pushed back already
 
     def acknowledge_into(self, pipe: redis.client.Pipeline) -> None:
         if self.reserved_key is not None:
-            pipe.lrem(self.reserved_key, 1, self.raw)
+            # reservations are pushed on the left: the oldest, likeliest done, are on the right
+            pipe.lrem(self.reserved_key, -1, self.raw)
 
     @property
     def requeue_keys(self) -> tuple[str, str]:
@@ -81,6 +84,7 @@ class Fetcher:
         self._backoff = Backoff()
         self._reply_lost = False  # a move may have happened without us seeing its reply
         self.held: set[UnitOfWork] = set()  # reserved and not yet acknowledged in Redis
+        self.pending_acks: list[UnitOfWork] = []  # filled by the acker, sent with a fetch
 
     # the one call workers make ----------------------------------------------------
 
@@ -145,16 +149,29 @@ class Fetcher:
         return ordered
 
     def _reserve_batch(self, count: int) -> list[UnitOfWork]:
+        """Send the pending acks and reserve up to ``count`` jobs, in one script call."""
         queues = self._ordered_queues()
         keys: list[str] = []
         for _, _, queue_key, reserved_key in queues:
             keys.append(queue_key)
             if self.reliable:
                 keys.append(reserved_key)
-        reply = self.scripts.fetch(keys=keys, args=[count, 1 if self.reliable else 0])
+        acks, self.pending_acks = self.pending_acks, []
+        args: list = [count, 1 if self.reliable else 0, len(acks)]
+        if acks:
+            position = {q[2]: i for i, q in enumerate(queues, 1)}
+            for unit in acks:
+                args += (position[unit.queue_key], unit.raw)
+        try:
+            reply = self.scripts.fetch(keys=keys, args=args)
+        except BaseException:
+            self.pending_acks[:0] = acks
+            raise
+        self.release(acks)
         units = []
         for i in range(0, len(reply), 2):
-            name, _, queue_key, reserved_key = queues[int(reply[i]) - 1]
+            index = int(reply[i])
+            name, _, queue_key, reserved_key = queues[index - 1]
             units.append(UnitOfWork(name, queue_key, reserved_key if self.reliable else None,
                                     reply[i + 1]))
         return units

@@ -22,10 +22,9 @@ import time
 from typing import Any, Optional
 
 import gevent
-from greenlet import GreenletExit
 
 from .. import payload as _payload
-from ..errors import JobTimeout, PayloadError, Shutdown, UnknownJobError
+from ..errors import JobTimeout, PayloadError, UnknownJobError
 from ..job import lookup
 from .acker import Acker
 from .backoff import REDIS_ERRORS
@@ -92,10 +91,8 @@ class Worker:
         self.current_job = job
         try:
             self._perform(job_class, job)
-        except (Shutdown, GreenletExit):
-            return "requeued"  # the manager already pushed the job back; never ack it
         except BaseException as exc:  # any failure of user code takes the retry path
-            if unit.abandoned:
+            if unit.abandoned:  # the manager pushed the job back (Shutdown): never ack it
                 return "requeued"
             return self._record_failure(unit, exc, job, job_class)
         if unit.abandoned:
