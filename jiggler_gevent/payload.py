@@ -8,7 +8,6 @@ bytes and a reason. Must not talk to Redis or look jobs up.
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import time
@@ -199,7 +198,7 @@ def dead_letter(raw: bytes | str, reason: str, *, queue: str | None, now: float)
         try:
             entry["raw"] = raw.decode("utf-8")
         except UnicodeDecodeError:
-            entry["raw_b64"] = base64.b64encode(raw).decode("ascii")
+            entry["raw_hex"] = raw.hex()  # the same form schedule.lua writes
     return entry
 
 

@@ -108,6 +108,7 @@ class Fetcher:
     def _lead_round(self) -> Optional[UnitOfWork]:
         self._round = done = Event()
         try:
+            gevent.sleep(0)  # let other ready workers join as waiters before sizing the batch
             units = self._reserve(self._waiting)
         finally:
             self._round = None

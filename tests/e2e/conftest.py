@@ -1,0 +1,49 @@
+"""Fixtures of the end-to-end tests: worker subprocesses, the ledger, scenario lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from .procs import Ledger, WorkerProcess
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    return Ledger(tmp_path / "ledger.txt")
+
+
+@pytest.fixture
+def spawn_worker(tmp_path, redis_url, ledger):
+    """``spawn_worker(*args, name=..., redis_url=..., require=True)``: a started worker.
+
+    Every worker spawned is killed (by its PID) at teardown if it is still running.
+    """
+    workers: list[WorkerProcess] = []
+
+    def spawn(*args: str, name: str | None = None, url: str | None = None,
+              require: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(list(args), workdir=tmp_path, redis_url=url or redis_url,
+                               ledger=ledger.path, name=name or f"worker{len(workers) + 1}",
+                               require=require)
+        workers.append(worker)
+        return worker.start()
+
+    try:
+        yield spawn
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+@pytest.fixture
+def report(capsys):
+    """``report(scenario, lost, dup, n, in_flight)``: print the one scenario line,
+    past pytest's capture so it shows in the run's output."""
+
+    def write(scenario: str, lost: int, dup: int, n: int, in_flight: int) -> str:
+        line = f"{scenario}: lost {lost} / dup {dup} of {n} (in flight at fault: {in_flight})"
+        with capsys.disabled():
+            print(f"\n{line}", flush=True)
+        return line
+
+    return write
