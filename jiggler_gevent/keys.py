@@ -53,6 +53,10 @@ class Keys:
         """The info hash (with a TTL) of one worker process."""
         return f"{self.root}process:{identity}"
 
+    def counted(self, identity: str) -> str:
+        """The number of the last counter batch applied for one process (dedupes resends)."""
+        return f"{self.root}stats:counted:{identity}"
+
     def processed_on(self, day: str) -> str:
         """Processed count of one UTC day (``YYYY-MM-DD``)."""
         return f"{self.root}stats:processed:{day}"

@@ -65,7 +65,8 @@ class Launcher:
         self.retrier = Retrier(config, self.client, self.keys, self.fetcher,
                                hard_stopped=lambda: self._hard_stopped)
         self.manager = Manager(config.concurrency, self._make_worker, self.fetcher)
-        self.monitor = Monitor(config, self.client, self.keys, self.identity, self.stats,
+        self.monitor = Monitor(config, self.client, self.scripts, self.keys, self.identity,
+                               self.stats,
                                busy_jobs=self.manager.busy_jobs,
                                quiet=lambda: self.fetcher.stopping)
         self.poller = Poller(config, self.scripts, self.keys)

@@ -3,9 +3,11 @@
 Owns, every ``stats_interval``, one MULTI/EXEC that registers the process
 (``jiggler:processes`` sorted set, score = last beat), writes its info hash with a
 TTL of a few intervals (fields, never encoded in key names), and adds the
-processed/failed counts to the totals and to per-day history keys. When that
-write fails, the counts are put back for the next beat. At exit, :meth:`remove`
-deletes the entry. Must not run jobs or touch queues.
+processed/failed counts to the totals and to per-day history keys. Counts go in
+numbered batches through ``stats.lua``: a batch whose write failed is sent again
+with the next beat, and the script skips a batch it has applied already (a reply
+lost to a timeout), so counts are neither lost nor doubled. At exit,
+:meth:`remove` deletes the entry. Must not run jobs or touch queues.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gevent.event import Event
 
 from ..config import Config
 from ..keys import Keys
+from ..scripts import Scripts
 from ..version import __version__
 from .backoff import REDIS_ERRORS
 from .stats import Stats
@@ -29,6 +32,7 @@ from .stats import Stats
 log = logging.getLogger(__name__)
 
 HISTORY_TTL_S = 400 * 24 * 3600  # per-day counters are kept a bit over a year
+BATCH_MARKER_TTL_S = 7 * 24 * 3600
 BUSY_JOBS_SHOWN = 100
 
 
@@ -44,17 +48,20 @@ def rss_bytes() -> int:
 class Monitor:
     """Writes heartbeats; :meth:`beat_once` is one beat."""
 
-    def __init__(self, config: Config, client: redis.Redis, keys: Keys, identity: str,
-                 stats: Stats, busy_jobs: Callable[[], list[dict]],
+    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
+                 identity: str, stats: Stats, busy_jobs: Callable[[], list[dict]],
                  quiet: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.client = client
+        self.scripts = scripts
         self.keys = keys
         self.identity = identity
         self.stats = stats
         self.busy_jobs = busy_jobs
         self.quiet = quiet
         self.started_at = time.time()
+        self.unconfirmed: list[tuple[int, int, int]] = []  # (batch, processed, failed)
+        self._batch = 0
         self.stopping = False
         self._wake = Event()
 
@@ -80,39 +87,42 @@ class Monitor:
 
     def beat_once(self, now: Optional[float] = None) -> None:
         """Register, refresh the TTL, and flush counters; raises on Redis errors
-        (the counters are put back first)."""
+        (the counts stay in :attr:`unconfirmed` and go again with the next beat)."""
         now = time.time() if now is None else now
         processed, failed = self.stats.take()
+        if processed or failed:
+            self._batch += 1
+            self.unconfirmed.append((self._batch, processed, failed))
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         key = self.keys.process(self.identity)
-        try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.zadd(self.keys.processes, {self.identity: now})
-                pipe.hset(key, mapping=self.info(now))
-                pipe.expire(key, max(1, int(self.config.heartbeat_ttl)))
-                for total, daily, count in (
-                    (self.keys.processed, self.keys.processed_on(day), processed),
-                    (self.keys.failures, self.keys.failures_on(day), failed),
-                ):
-                    if count:
-                        pipe.incrby(total, count)
-                        pipe.incrby(daily, count)
-                        pipe.expire(daily, HISTORY_TTL_S)
-                replies = pipe.execute(raise_on_error=False)
-        except BaseException:
-            # nothing was applied (EXECABORT) or we cannot tell (connection lost):
-            # keep the counts for the next beat
-            self.stats.put_back(processed, failed)
-            raise
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.keys.processes, {self.identity: now})
+            pipe.hset(key, mapping=self.info(now))
+            pipe.expire(key, max(1, int(self.config.heartbeat_ttl)))
+            if self.unconfirmed:
+                self.scripts.stats(
+                    keys=[self.keys.processed, self.keys.failures, self.keys.processed_on(day),
+                          self.keys.failures_on(day), self.keys.counted(self.identity)],
+                    args=[HISTORY_TTL_S, BATCH_MARKER_TTL_S,
+                          *[n for batch in self.unconfirmed for n in batch]],
+                    client=pipe,
+                )
+            replies = pipe.execute(raise_on_error=False)
+        self.unconfirmed.clear()
         errors = [r for r in replies if isinstance(r, Exception)]
-        if errors:  # EXEC ran: the other commands applied, so the counts are not put back
+        if errors:  # EXEC ran; a command inside failed (e.g. a key of the wrong type)
             log.error("heartbeat: %d command(s) failed inside EXEC: %s", len(errors), errors[0])
+
+    def unconfirmed_counts(self) -> tuple[int, int]:
+        """Processed and failed counts not yet confirmed as stored in Redis."""
+        return (sum(b[1] for b in self.unconfirmed), sum(b[2] for b in self.unconfirmed))
 
     def remove(self) -> None:
         """Delete this process's heartbeat (at clean exit)."""
         with self.client.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.processes, self.identity)
             pipe.delete(self.keys.process(self.identity))
+            pipe.delete(self.keys.counted(self.identity))
             pipe.execute()
 
     def run(self) -> None:
@@ -120,7 +130,7 @@ class Monitor:
             try:
                 self.beat_once()
             except REDIS_ERRORS as exc:
-                log.warning("heartbeat failed (counts kept for the next one): %s: %s",
+                log.warning("heartbeat failed (counts go with the next one): %s: %s",
                             type(exc).__name__, exc)
             self._wake.wait(self.config.stats_interval)
 

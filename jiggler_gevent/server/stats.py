@@ -1,7 +1,7 @@
 """In-memory job counters of this process, between two heartbeats.
 
-Owns the processed/failed counts the workers add to and the monitor flushes.
-Must not talk to Redis (the monitor does, and puts counts back when it fails).
+Owns the processed/failed counts the workers add to and the monitor takes to flush.
+Must not talk to Redis (the monitor does, and keeps a batch it could not confirm).
 """
 
 from __future__ import annotations
@@ -35,10 +35,3 @@ class Stats:
         self._flushed_processed += counts[0]
         self._flushed_failed += counts[1]
         return counts
-
-    def put_back(self, processed: int, failed: int) -> None:
-        """Undo a :meth:`take` whose flush did not reach Redis."""
-        self.processed += processed
-        self.failed += failed
-        self._flushed_processed -= processed
-        self._flushed_failed -= failed
