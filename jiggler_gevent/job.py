@@ -109,7 +109,8 @@ class Job:
         _register(cls)
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError  # pragma: no cover - subclasses define it
+        """The job's work; every subclass defines it (checked when the class is made)."""
+        raise JobDefinitionError(f"{type(self).__qualname__} does not define perform()")
 
     @classmethod
     def retry_in(cls, attempt: int, exc: BaseException) -> float:
