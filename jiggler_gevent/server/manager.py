@@ -5,10 +5,11 @@ error is replaced (its job pushed back first). Stopping follows gevent's
 ``BaseServer.stop``: stop intake, wait up to the shutdown timeout for running jobs,
 then push the jobs still running back to the head of their queues (in both modes:
 an interrupted job runs again from the start) and interrupt them with
-:class:`Shutdown`. Greenlets inside user code, or idle in a fetch, are interrupted
-first (redis-py drops a connection whose command was interrupted, and a job whose
-reply was lost is drained back at exit); one inside our own Redis write (a retry
-or dead entry) gets a further grace period. Must not fetch, ack or decide outcomes.
+:class:`Shutdown`. Only greenlets inside user code are interrupted; one idle in a
+fetch or inside our own Redis write gets ``--fetch-timeout`` plus a grace period to
+finish it, and is interrupted only as a last resort (redis-py then drops that
+connection, and a job whose reply was lost is drained back at exit). Must not
+fetch, ack or decide outcomes.
 """
 
 from __future__ import annotations
@@ -135,10 +136,11 @@ class Manager:
         pushed = self._push_back(units) if units else 0
         log.warning("hard shutdown: pushed %d running job(s) back to their queues", pushed)
         for index, greenlet in self.greenlets.items():
-            worker = self.workers[index]
-            if not greenlet.dead and (worker.in_perform or worker.current is None):
+            if not greenlet.dead and self.workers[index].in_perform:
                 greenlet.kill(Shutdown("shutdown deadline passed"), block=False)
-        gevent.joinall(self.alive(), timeout=KILL_WAIT_S)
-        for greenlet in self.alive():  # still inside one of our own Redis calls
+        # the others are idle in a fetch (it ends within --fetch-timeout) or finishing one of
+        # our own writes: give them that long before the last resort
+        gevent.joinall(self.alive(), timeout=self.fetcher.config.fetch_timeout + KILL_WAIT_S)
+        for greenlet in self.alive():
             greenlet.kill(Shutdown("shutdown deadline passed"), block=True, timeout=KILL_WAIT_S)
         return pushed
