@@ -14,17 +14,19 @@ def ledger(tmp_path) -> Ledger:
 
 @pytest.fixture
 def spawn_worker(tmp_path, redis_url, ledger):
-    """``spawn_worker(*args, name=..., redis_url=..., require=True)``: a started worker.
+    """``spawn_worker(*args, name=..., url=..., require=True, env=None)``: a started worker
+    (``env`` adds variables to its environment).
 
     Every worker spawned is killed (by its PID) at teardown if it is still running.
     """
     workers: list[WorkerProcess] = []
 
     def spawn(*args: str, name: str | None = None, url: str | None = None,
-              require: bool = True) -> WorkerProcess:
+              require: bool = True, env: dict | None = None) -> WorkerProcess:
         worker = WorkerProcess(list(args), workdir=tmp_path, redis_url=url or redis_url,
                                ledger=ledger.path, name=name or f"worker{len(workers) + 1}",
                                require=require)
+        worker.env.update(env or {})
         workers.append(worker)
         return worker.start()
 
