@@ -112,7 +112,16 @@ def build_parser() -> configargparse.ArgParser:
                    help="seconds between scheduled/retry polls, with jitter (default 5)")
     p.add_argument("--stats-interval", type=_positive_float,
                    default=defaults["stats_interval"].default,
-                   help="seconds between heartbeats; the heartbeat lives 3 intervals (default 5)")
+                   help="seconds between heartbeats; the heartbeat lives 3 intervals, and a "
+                        "process silent that long is taken for dead (default 3)")
+    p.add_argument("--requeue-interval", type=_positive_float,
+                   default=defaults["requeue_interval"].default,
+                   help="seconds between looks for jobs of crashed processes, with jitter "
+                        "(default 2)")
+    p.add_argument("--max-recoveries", type=_positive_int,
+                   default=defaults["max_recoveries"].default,
+                   help="a job recovered from more crashed processes than this goes to the "
+                        "dead set as a poison pill (default 3)")
     p.add_argument("--max-dead-jobs", type=_positive_int,
                    default=defaults["max_dead_jobs"].default,
                    help="dead set size cap; the oldest are trimmed (default 10000)")
@@ -144,6 +153,8 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
             job_timeout=args.job_timeout,
             poll_interval=args.poll_interval,
             stats_interval=args.stats_interval,
+            requeue_interval=args.requeue_interval,
+            max_recoveries=args.max_recoveries,
             max_dead_jobs=args.max_dead_jobs,
             dead_timeout=args.dead_timeout,
             fetch_timeout=args.fetch_timeout,

@@ -77,7 +77,9 @@ class Config:
     timeout: float = 25.0  # shutdown: how long running jobs may finish after TERM
     job_timeout: Optional[float] = None  # default hard timeout per job (None: no limit)
     poll_interval: float = 5.0
-    stats_interval: float = 5.0
+    stats_interval: float = 3.0
+    requeue_interval: float = 2.0  # how often orphaned reservations are looked for
+    max_recoveries: int = 3  # a job recovered more often than this is a poison pill
     max_dead_jobs: int = 10_000
     dead_timeout: float = 180 * 24 * 3600.0
     fetch_timeout: float = 1.0  # longest blocking pop; bounds how fast a stop is noticed
@@ -105,8 +107,8 @@ class Config:
 
     @property
     def heartbeat_ttl(self) -> float:
-        """How long a heartbeat stays valid: three intervals, at least 10 s."""
-        return max(3 * self.stats_interval, 10.0)
+        """How long a heartbeat stays valid: three intervals, at least 2 s."""
+        return max(3 * self.stats_interval, 2.0)
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
@@ -115,8 +117,9 @@ class Config:
         """Raise :class:`ConfigError` naming the first bad value; return self."""
         _positive_int("concurrency", self.concurrency, upper=10_000)
         _positive_int("max-dead-jobs", self.max_dead_jobs, upper=10**9)
+        _positive_int("max-recoveries", self.max_recoveries, upper=1000)
         for name in ("timeout", "poll_interval", "stats_interval", "dead_timeout",
-                     "fetch_timeout", "socket_timeout"):
+                     "fetch_timeout", "socket_timeout", "requeue_interval"):
             _positive_number(name.replace("_", "-"), getattr(self, name))
         if self.job_timeout is not None:
             _positive_number("job-timeout", self.job_timeout)

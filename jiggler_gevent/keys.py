@@ -40,6 +40,8 @@ class Keys:
         self.processed = root + "stats:processed_counter"
         self.failures = root + "stats:failures_counter"
         self.processes = root + "processes"
+        self.reservations = root + "reservations"  # in-progress list key -> owner identity
+        self.recoveries = root + "recoveries"  # sha1 of a payload -> times recovered
 
     def queue(self, name: str) -> str:
         """The pending list of queue ``name``."""

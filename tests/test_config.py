@@ -102,9 +102,10 @@ def test_config_is_frozen_and_replace_makes_a_new_one():
     assert other.validate().mode == AT_MOST_ONCE
 
 
-def test_heartbeat_ttl_is_three_intervals_and_at_least_ten_seconds():
+def test_heartbeat_ttl_is_three_intervals_and_at_least_two_seconds():
     assert Config(stats_interval=5).heartbeat_ttl == 15
-    assert Config(stats_interval=1).heartbeat_ttl == 10
+    assert Config(stats_interval=1).heartbeat_ttl == 3
+    assert Config(stats_interval=0.2).heartbeat_ttl == 2
     assert Config(stats_interval=60).heartbeat_ttl == 180
 
 

@@ -86,6 +86,11 @@ class Fetcher:
         self.held: set[UnitOfWork] = set()  # reserved and not yet acknowledged in Redis
         self.pending_acks: list[UnitOfWork] = []  # filled by the acker, sent with a fetch
 
+    @property
+    def reservation_keys(self) -> tuple[str, ...]:
+        """This process's in-progress lists (none in at-most-once mode)."""
+        return tuple(q[3] for q in self._queues) if self.reliable else ()
+
     # the one call workers make ----------------------------------------------------
 
     def fetch(self) -> Optional[UnitOfWork]:

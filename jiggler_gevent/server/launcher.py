@@ -1,7 +1,7 @@
 """The launcher: builds the parts of one worker process, runs them, stops them.
 
 Owns the process identity, the server's Redis client, the start order (monitor ->
-poller -> acker -> manager), the signal table (INT/TERM stop, a second one hurries;
+poller -> requeuer -> acker -> manager), the signal table (INT/TERM stop, a second one hurries;
 TSTP quiet; TTIN dumps every greenlet's stack) and the shutdown order: stop intake,
 wait for running jobs, hard-stop the rest, flush acks, push back anything still
 reserved, flush counters, remove the heartbeat. Must not parse options (the CLI
@@ -29,6 +29,7 @@ from .fetcher import Fetcher
 from .manager import Manager
 from .monitor import Monitor
 from .poller import Poller
+from .requeuer import Requeuer
 from .retrier import Retrier
 from .stats import Stats
 from .worker import Worker
@@ -68,8 +69,10 @@ class Launcher:
         self.monitor = Monitor(config, self.client, self.scripts, self.keys, self.identity,
                                self.stats,
                                busy_jobs=self.manager.busy_jobs,
-                               quiet=lambda: self.fetcher.stopping)
+                               quiet=lambda: self.fetcher.stopping,
+                               reservation_keys=self.fetcher.reservation_keys)
         self.poller = Poller(config, self.scripts, self.keys)
+        self.requeuer = Requeuer(config, self.client, self.scripts, self.keys, self.identity)
         self.stop_requested = Event()
         self.hurry = Event()
         self._services: list[gevent.Greenlet] = []
@@ -87,7 +90,7 @@ class Launcher:
         except REDIS_ERRORS as exc:
             log.warning("first heartbeat failed, will retry: %s", exc)
         for name, target in (("monitor", self.monitor.run), ("poller", self.poller.run),
-                             ("acker", self.acker.run)):
+                             ("requeuer", self.requeuer.run), ("acker", self.acker.run)):
             greenlet = gevent.spawn(target)
             greenlet.name = f"jiggler.{name}"
             self._services.append(greenlet)
@@ -134,6 +137,7 @@ class Launcher:
         log.info("stopping: waiting up to %gs for %d running job(s)", self.config.timeout,
                  len(self.manager.busy()))
         self.poller.stop()
+        self.requeuer.stop()
         in_time = self.manager.stop(self.config.timeout, self.hurry)
         if not in_time:
             self._hard_stopped = True

@@ -50,7 +50,8 @@ class Monitor:
 
     def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
                  identity: str, stats: Stats, busy_jobs: Callable[[], list[dict]],
-                 quiet: Callable[[], bool] = lambda: False) -> None:
+                 quiet: Callable[[], bool] = lambda: False,
+                 reservation_keys: tuple[str, ...] = ()) -> None:
         self.config = config
         self.client = client
         self.scripts = scripts
@@ -59,6 +60,7 @@ class Monitor:
         self.stats = stats
         self.busy_jobs = busy_jobs
         self.quiet = quiet
+        self.reservation_keys = reservation_keys  # our in-progress lists (at-least-once)
         self.started_at = time.time()
         self.unconfirmed: list[tuple[int, int, int]] = []  # (batch, processed, failed)
         self._batch = 0
@@ -98,7 +100,10 @@ class Monitor:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.zadd(self.keys.processes, {self.identity: now})
             pipe.hset(key, mapping=self.info(now))
-            pipe.expire(key, max(1, int(self.config.heartbeat_ttl)))
+            pipe.pexpire(key, max(1, int(self.config.heartbeat_ttl * 1000)))
+            if self.reservation_keys:  # so the requeuer can find our lists if we die
+                pipe.hset(self.keys.reservations,
+                          mapping={k: self.identity for k in self.reservation_keys})
             if self.unconfirmed:
                 self.scripts.stats(
                     keys=[self.keys.processed, self.keys.failures, self.keys.processed_on(day),
@@ -123,6 +128,8 @@ class Monitor:
             pipe.zrem(self.keys.processes, self.identity)
             pipe.delete(self.keys.process(self.identity))
             pipe.delete(self.keys.counted(self.identity))
+            if self.reservation_keys:
+                pipe.hdel(self.keys.reservations, *self.reservation_keys)
             pipe.execute()
 
     def run(self) -> None:

@@ -1,0 +1,114 @@
+"""Recovering the jobs of worker processes that died: the orphan requeuer.
+
+Owns, every ``requeue_interval`` (with jitter), one look at the reservations
+registry (``jiggler:reservations``: in-progress list -> owner identity, written by
+every heartbeat). A list whose owner has no live heartbeat is recovered by
+``recover.lua``, which re-checks the heartbeat atomically, moves the jobs back to
+the head of their queue, and sends a job recovered more than ``max_recoveries``
+times to the dead set as a poison pill. It also prunes registry entries of
+processes whose heartbeat is long gone. Must not touch a live process's list,
+run jobs, or decode payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Optional
+
+import redis
+from gevent.event import Event
+
+from ..config import Config
+from ..keys import Keys
+from ..scripts import Scripts
+from .backoff import REDIS_ERRORS, Backoff
+
+log = logging.getLogger(__name__)
+
+RECOVERY_COUNTS_TTL_S = 7 * 24 * 3600
+PRUNE_AFTER_TTLS = 10  # registry entries silent for this many heartbeat TTLs are pruned
+
+
+class Requeuer:
+    """Finds orphaned in-progress lists and recovers them; :meth:`requeue_once` is one pass."""
+
+    def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
+                 identity: str) -> None:
+        self.config = config
+        self.client = client
+        self.scripts = scripts
+        self.keys = keys
+        self.identity = identity
+        self.stopping = False
+        self._wake = Event()
+
+    def requeue_once(self, now: Optional[float] = None) -> tuple[int, int]:
+        """Recover every orphaned reservation; returns (jobs moved back, poison pills)."""
+        now = time.time() if now is None else now
+        owners = {
+            key.decode(): identity.decode()
+            for key, identity in self.client.hgetall(self.keys.reservations).items()
+        }
+        candidates = [(key, owner) for key, owner in owners.items() if owner != self.identity]
+        if candidates:
+            with self.client.pipeline(transaction=False) as pipe:
+                for _, owner in candidates:
+                    pipe.exists(self.keys.process(owner))
+                alive = pipe.execute()
+            candidates = [c for c, live in zip(candidates, alive) if not live]
+        moved = buried = 0
+        for key, owner in candidates:
+            queue = self._queue_of(key, owner)
+            if queue is None:
+                self.client.hdel(self.keys.reservations, key)
+                continue
+            result = self.scripts.recover(
+                keys=[key, self.keys.queue(queue), self.keys.process(owner),
+                      self.keys.reservations, self.keys.recoveries, self.keys.dead,
+                      self.keys.processes],
+                args=[self.config.max_recoveries, repr(now), owner, RECOVERY_COUNTS_TTL_S,
+                      self.config.max_dead_jobs, repr(now - self.config.dead_timeout)],
+            )
+            if int(result[0]) < 0:
+                continue  # the owner came back between our check and the script
+            moved += int(result[0])
+            buried += int(result[1])
+            if int(result[0]) or int(result[1]):
+                log.warning("recovered %d job(s) of dead process %s from queue %s "
+                            "(%d poison pill(s) to the dead set)", int(result[0]), owner, queue,
+                            int(result[1]))
+        self._prune_registry(now)
+        return moved, buried
+
+    def _queue_of(self, key: str, owner: str) -> Optional[str]:
+        """The queue of an in-progress key we built ourselves (``<prefix><q>:in_progress:<id>``)."""
+        suffix = f":in_progress:{owner}"
+        if not key.endswith(suffix):
+            return None
+        return self.keys.queue_name(key[: -len(suffix)])
+
+    def _prune_registry(self, now: float) -> None:
+        cutoff = now - PRUNE_AFTER_TTLS * self.config.heartbeat_ttl
+        stale = self.client.zrangebyscore(self.keys.processes, "-inf", cutoff)
+        for identity in stale:
+            if not self.client.exists(self.keys.process(identity.decode())):
+                self.client.zrem(self.keys.processes, identity)
+
+    def run(self) -> None:
+        backoff = Backoff(base=0.5, cap=30.0)
+        while not self.stopping:
+            try:
+                self.requeue_once()
+                backoff.reset()
+                delay = self.config.requeue_interval * random.uniform(0.5, 1.5)
+            except REDIS_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("orphan check failed, retrying in %.2fs: %s: %s", delay,
+                            type(exc).__name__, exc)
+            self._wake.wait(delay)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._wake.set()
