@@ -29,6 +29,4 @@ def raw_of(entry: dict) -> bytes:
     """The raw bytes a dead-set entry kept."""
     if "raw_hex" in entry:
         return bytes.fromhex(entry["raw_hex"])
-    if "raw_hex" in entry:
-        return bytes.fromhex(entry["raw_hex"])
     return entry["raw"].encode("utf-8")

@@ -1,0 +1,111 @@
+"""The orphan requeuer: a dead process's reservations come back; a live one's never move."""
+
+from __future__ import annotations
+
+import json
+
+import gevent
+
+from jiggler_gevent.keys import Keys
+
+from . import jobs
+
+KEYS = Keys()
+
+
+def reserve(launcher, n: int) -> list:
+    """Reserve ``n`` jobs as a worker would (moved into the in-progress list), and beat."""
+    launcher.monitor.beat_once()
+    units = []
+    for _ in range(n):
+        unit = launcher.fetcher.fetch()
+        assert unit is not None
+        units.append(unit)
+    launcher.monitor.beat_once()
+    return units
+
+
+def die(redis_client, launcher) -> None:
+    """What a SIGKILL leaves behind: the reservations, and a heartbeat that expires."""
+    redis_client.delete(KEYS.process(launcher.identity))
+
+
+def queue_jids(redis_client, queue: str = "default") -> list[str]:
+    """jids in the order they will be popped (the right end first)."""
+    return [json.loads(m)["jid"] for m in reversed(redis_client.lrange(KEYS.queue(queue), 0, -1))]
+
+
+def test_a_dead_process_jobs_go_back_to_the_head_of_their_queue(redis_client, make_launcher):
+    jids = jobs.Ok.enqueue_bulk([[i] for i in range(5)])
+    victim = make_launcher(concurrency=1)
+    reserve(victim, 3)
+    in_progress = KEYS.in_progress("default", victim.identity)
+    assert redis_client.llen(in_progress) == 3
+    assert redis_client.hget(KEYS.reservations, in_progress) == victim.identity.encode()
+    die(redis_client, victim)
+
+    rescuer = make_launcher()
+    assert rescuer.requeuer.requeue_once() == (3, 0)
+    assert queue_jids(redis_client) == jids, "oldest first, ahead of the jobs still queued"
+    assert not redis_client.exists(in_progress)
+    assert not redis_client.hexists(KEYS.reservations, in_progress)
+    assert redis_client.zscore(KEYS.processes, victim.identity) is None
+
+
+def test_a_live_process_is_never_touched(redis_client, make_launcher):
+    jobs.Ok.enqueue_bulk([[i] for i in range(3)])
+    owner = make_launcher(concurrency=1)
+    reserve(owner, 2)
+    other = make_launcher()
+    assert other.requeuer.requeue_once() == (0, 0)
+    assert redis_client.llen(KEYS.in_progress("default", owner.identity)) == 2
+
+
+def test_racing_requeuers_move_each_job_once(redis_client, make_launcher):
+    jobs.Ok.enqueue_bulk([[i] for i in range(20)])
+    victim = make_launcher(concurrency=1)
+    reserve(victim, 20)
+    die(redis_client, victim)
+    rescuers = [make_launcher() for _ in range(4)]
+    results = [g.get() for g in [gevent.spawn(r.requeuer.requeue_once) for r in rescuers]]
+    assert sum(moved for moved, _ in results) == 20
+    assert redis_client.llen(KEYS.queue("default")) == 20
+
+
+def test_a_job_recovered_too_often_is_a_poison_pill(redis_client, make_launcher):
+    (jid,) = jobs.Ok.enqueue_bulk([["killer"]])
+    for crash in range(3):
+        victim = make_launcher(concurrency=1, max_recoveries=2)
+        (unit,) = reserve(victim, 1)
+        die(redis_client, victim)
+        moved, buried = make_launcher(max_recoveries=2).requeuer.requeue_once()
+        assert (moved, buried) == ((1, 0) if crash < 2 else (0, 1))
+    (member,) = redis_client.zrange(KEYS.dead, 0, -1)
+    entry = json.loads(member)
+    assert entry["error_class"] == "PoisonPill" and entry["jid"] == jid
+    assert json.loads(entry["raw"])["jid"] == jid, "the payload is kept as it was"
+    assert redis_client.llen(KEYS.queue("default")) == 0
+
+
+def test_a_frozen_process_that_wakes_up_deletes_nothing_it_no_longer_owns(
+        redis_client, make_launcher):
+    jobs.Ok.enqueue_bulk([[i] for i in range(2)])
+    frozen = make_launcher(concurrency=1)
+    units = reserve(frozen, 2)
+    die(redis_client, frozen)  # its heartbeat expired while it was stopped
+    assert make_launcher().requeuer.requeue_once() == (2, 0)
+
+    for unit in units:  # it wakes up, finishes its jobs, and acks them late
+        frozen.acker.ack(unit)
+    frozen.acker.flush()
+    frozen.monitor.beat_once()  # and registers again
+    assert redis_client.llen(KEYS.queue("default")) == 2, "the recovered copies stay queued"
+    assert redis_client.hexists(KEYS.reservations, KEYS.in_progress("default", frozen.identity))
+
+
+def test_stale_registry_entries_are_pruned(redis_client, make_launcher):
+    gone = make_launcher(stats_interval=1.0)
+    gone.monitor.beat_once(now=1000.0)
+    die(redis_client, gone)
+    make_launcher().requeuer.requeue_once(now=1000.0 + 3600)
+    assert redis_client.zscore(KEYS.processes, gone.identity) is None
