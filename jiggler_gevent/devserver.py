@@ -298,6 +298,109 @@ class LocalServer:
         self.cleanup()
 
 
+class LocalSentinelGroup:
+    """A master, its replicas and the Sentinels that monitor it, all started (and
+    stopped, by PID) by us on 127.0.0.1; for tests of ``redis+sentinel://``.
+
+    Each replica has synced before the Sentinels start, so they know it is healthy
+    from their first look (a Sentinel re-reads a replica only every 10 s), and
+    :meth:`wait_until_known` waits until every Sentinel lists every replica.
+    ``SENTINEL FAILOVER <service>`` on a Sentinel then promotes a replica at once.
+    """
+
+    def __init__(self, service: str = "mymaster", *, replicas: int = 1, sentinels: int = 1,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 10_000,
+                 master_args: tuple[str, ...] = (), sentinel_lines: Sequence[str] = ()) -> None:
+        self.service = service
+        fast_sync = ("--repl-diskless-sync", "no")  # an RDB file at once: no 5 s delay
+        self.master = LocalServer(extra_args=fast_sync + tuple(master_args))
+        self.replicas = [
+            LocalServer(extra_args=fast_sync + tuple(master_args)
+                        + ("--replicaof", "127.0.0.1", str(self.master.port)))
+            for _ in range(replicas)
+        ]
+        quorum = sentinels // 2 + 1
+        config = [f"sentinel monitor {service} 127.0.0.1 {self.master.port} {quorum}",
+                  f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                  f"sentinel failover-timeout {service} {failover_timeout_ms}",
+                  *sentinel_lines]
+        self.sentinels = [LocalServer(sentinel=True, config_lines=config) for _ in range(sentinels)]
+
+    @property
+    def servers(self) -> list[LocalServer]:
+        return [self.master, *self.replicas, *self.sentinels]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> LocalSentinelGroup:
+        import redis  # only here: the rest of this module needs no client library
+
+        try:
+            self.master.start()
+            for replica in self.replicas:
+                replica.start()
+            deadline = time.monotonic() + timeout
+            for replica in self.replicas:
+                client = redis.Redis(port=replica.port, socket_timeout=2)
+                try:
+                    while client.info("replication").get("master_link_status") != "up":
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"replica on port {replica.port} did not sync")
+                        time.sleep(0.02)
+                finally:
+                    client.close()
+            for sentinel in self.sentinels:
+                sentinel.start()
+            self.wait_until_known(deadline - time.monotonic())
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def wait_until_known(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until every Sentinel lists every replica as healthy and linked."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        for sentinel in self.sentinels:
+            client = redis.Redis(port=sentinel.port, socket_timeout=2)
+            try:
+                while True:
+                    ok = [r for r in client.sentinel_slaves(self.service)
+                          if r["flags"] == "slave" and r["master-link-status"] == "ok"]
+                    if len(ok) >= len(self.replicas):
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"Sentinel on port {sentinel.port} does not know "
+                                           f"the replicas of {self.service}")
+                    time.sleep(0.02)
+            finally:
+                client.close()
+
+    def master_port(self) -> int:
+        """The master's port as the first Sentinel sees it now."""
+        import redis
+
+        client = redis.Redis(port=self.sentinels[0].port, socket_timeout=2)
+        try:
+            return int(client.sentinel_get_master_addr_by_name(self.service)[1])
+        finally:
+            client.close()
+
+    def cleanup(self) -> None:
+        for server in reversed(self.servers):
+            server.cleanup()
+
+    def __enter__(self) -> LocalSentinelGroup:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # clean up on TERM too
     with LocalServer() as server:

@@ -21,6 +21,7 @@ from .keys import valid_queue_name
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 MAX_RETRIES = 10_000
 ERROR_MESSAGE_MAX_CHARS = 2_000
+MAX_NESTING = 200  # args deeper than this are refused at enqueue (JSON decoders stop near 1000)
 NAME_MAX_CHARS = 512
 
 Payload = dict  # a decoded, checked payload (a plain dict, see the README for its fields)
@@ -33,11 +34,12 @@ def new_jid() -> str:
     return os.urandom(12).hex()
 
 
-def check_json_args(value: Any, where: str = "args") -> Any:
+def check_json_args(value: Any, where: str = "args", depth: int = 0) -> Any:
     """Return ``value`` with tuples turned into lists, or raise :class:`EnqueueError`.
 
     Only what survives a JSON round trip unchanged is accepted: ``None``, bools,
-    64-bit ints, finite floats, strings, lists/tuples and dicts with string keys.
+    64-bit ints, finite floats, strings, lists/tuples and dicts with string keys,
+    nested at most :data:`MAX_NESTING` levels.
     """
     kind = type(value)
     if kind in _SCALARS:
@@ -50,13 +52,15 @@ def check_json_args(value: Any, where: str = "args") -> Any:
         if math.isfinite(value):
             return value
         raise EnqueueError(f"{where}: {value!r} is not a finite number JSON can carry")
-    if kind is list or kind is tuple:
-        return [check_json_args(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if kind is dict:
-        for key in value:
-            if type(key) is not str:
-                raise EnqueueError(f"{where}: dict key {key!r} is not a string")
-        return {k: check_json_args(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if kind is list or kind is tuple or kind is dict:
+        if depth >= MAX_NESTING:
+            raise EnqueueError(f"{where}: nested more than {MAX_NESTING} levels deep")
+        if kind is dict:
+            for key in value:
+                if type(key) is not str:
+                    raise EnqueueError(f"{where}: dict key {key!r} is not a string")
+            return {k: check_json_args(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
+        return [check_json_args(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     raise EnqueueError(
         f"{where}: {kind.__name__} value {value!r:.80} cannot be sent as JSON; "
         "pass ids, strings, numbers, lists or dicts instead"
@@ -131,7 +135,12 @@ def loads(raw: bytes | str) -> dict:
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload is {len(raw)} bytes, over {MAX_PAYLOAD_BYTES}", raw)
     try:
-        payload = ujson.loads(raw)
+        # decode first: ujson alone accepts UTF-8-encoded lone surrogates
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"not UTF-8 ({exc.reason} at byte {exc.start})", raw) from None
+    try:
+        payload = ujson.loads(text)
     except (ValueError, OverflowError, RecursionError) as exc:
         raise PayloadError(f"not valid JSON ({exc})", raw) from None
     if type(payload) is not dict:

@@ -7,6 +7,7 @@
 -- that is not a JSON object with a string "name" and a valid queue goes to the dead
 -- set with a reason (bytes kept as "raw", or hex in "raw_hex" when not plain ASCII).
 -- Returns {moved to queues, sent to the dead set}.
+pcall(cjson.decode_max_depth, 1024)  -- as deep as the worker's decoder goes (default 1000)
 local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", ARGV[1], "LIMIT", 0, tonumber(ARGV[2]))
 local moved, buried = 0, 0
 local function valid(name)
@@ -15,7 +16,9 @@ end
 local function target(member)
   local ok, job = pcall(cjson.decode, member)
   if not ok or type(job) ~= "table" or type(job["name"]) ~= "string" then return nil end
-  if ARGV[4] == "1" and job["retry_queue"] ~= nil then return job["retry_queue"] end
+  if ARGV[4] == "1" and job["retry_queue"] ~= nil and job["retry_queue"] ~= cjson.null then
+    return job["retry_queue"]
+  end
   if job["queue"] == nil then return "default" end
   return job["queue"]
 end
