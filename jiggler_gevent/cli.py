@@ -110,8 +110,10 @@ def build_parser() -> configargparse.ArgParser:
     p.add_argument("-V", "--version", action="version",
                    version=f"jiggler-gevent {__version__}")
     p.add_argument("--redis-url", default=None,
-                   help="redis://[user:password@]host:port/db or rediss://... "
-                        "(default $JIGGLER_REDIS_URL, $REDIS_URL, redis://127.0.0.1:6379/0)")
+                   help="redis://[user:password@]host:port/db, rediss://...?ssl_ca_certs=/path/ca.pem "
+                        "(TLS), unix:///path/redis.sock, or redis+sentinel://[user:password@]"
+                        "host:port[,host:port...]/service/db (default $JIGGLER_REDIS_URL, "
+                        "$REDIS_URL, redis://127.0.0.1:6379/0)")
     p.add_argument("--namespace", default="",
                    help="key prefix so several apps can share one Redis (myapp -> myapp:jiggler:)")
     p.add_argument("--mode", choices=MODES, default=AT_LEAST_ONCE,

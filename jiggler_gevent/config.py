@@ -134,9 +134,10 @@ class Config:
         parse_queues([f"{n}:{w}" for n, w in self.queues])
         if self.namespace and not valid_queue_name(self.namespace.rstrip(":")):
             raise ConfigError(f"namespace {self.namespace!r}: use letters, digits, '_', '.', '-'")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"redis url must start with redis://, rediss:// or unix://, "
-                              f"not {self.redis_url.split('://')[0]!r}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+            scheme = self.redis_url.split("://")[0] if "://" in self.redis_url else "(no scheme)"
+            raise ConfigError(f"redis url must start with redis://, rediss://, unix:// or "
+                              f"redis+sentinel://, not {scheme!r}")
         return self
 
 

@@ -81,7 +81,6 @@ _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "min_other_sentinels"})
 _INT_OPTIONS = ("db", "protocol", "health_check_interval", "min_other_sentinels")
 _FLOAT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
-_BOOL_OPTIONS = ("socket_keepalive",)
 _FALSE = ("0", "f", "false", "n", "no", "off", "")
 
 
@@ -165,7 +164,7 @@ def _check_option(url: str, name: str, value: str) -> None:
         except ValueError:
             raise ConfigError(f"{where}: {name} must be a number, not {value!r}") from None
         if number < 0 or number != number:
-            raise ConfigError(f"{where}: {name} must not be negative")
+            raise ConfigError(f"{where}: {name} must be a number of at least 0, not {value!r}")
 
 
 # -- Sentinel --------------------------------------------------------------------------
