@@ -91,6 +91,10 @@ def build_parser() -> configargparse.ArgParser:
     p.add_argument("-c", "--concurrency", type=_positive_int,
                    default=defaults["concurrency"].default,
                    help="jobs run at once in this process (worker greenlets; default 10)")
+    p.add_argument("-p", "--processes", type=_positive_int, default=1,
+                   help="worker processes to run (a parent starts them, restarts one that dies, "
+                        "and forwards signals); use about one per core for CPU-heavy jobs "
+                        "(default 1)")
     p.add_argument("-r", "--require", default=None,
                    help="module (a.b), module:factory, or .py file path defining your jobs")
     p.add_argument("-t", "--timeout", type=_positive_float, default=defaults["timeout"].default,
@@ -160,6 +164,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
             queues=args.queues,
             strict=args.strict,
             concurrency=args.concurrency,
+            processes=args.processes,
             mode=args.mode,
             timeout=args.timeout,
             job_timeout=args.job_timeout,
@@ -223,11 +228,32 @@ def _warn_about_eviction(client) -> None:
                     "queued jobs; set it to noeviction", policy)
 
 
+def _run_parent(config: Config, argv: list[str]) -> int:
+    """``-p N``: check what the children will need (one clear line if it is wrong),
+    then run them under a :class:`~jiggler_gevent.server.parent.Parent`."""
+    from .server.parent import Parent
+
+    try:
+        load_app(config.require)
+        client = connection.make_client(config.redis_url, max_connections=2,
+                                        socket_timeout=config.socket_timeout)
+        connection.ping(client, config.redis_url)
+        client.close()
+    except (ConfigError, RedisUnavailable) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"could not load {config.require!r}: {type(exc).__name__}: {exc}")
+    return Parent(config.processes, argv).run()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``bin/jiggler-gevent`` (after monkey-patching)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     config = config_from_args(argv)
     logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
                         format=LOG_FORMAT, stream=sys.stdout)
+    if config.processes > 1:
+        return _run_parent(config, argv)
     from .server.launcher import Launcher  # gevent is patched by now
 
     try:

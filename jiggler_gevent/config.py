@@ -73,6 +73,7 @@ class Config:
     queues: tuple = ((DEFAULT_QUEUE, 1),)
     strict: Optional[bool] = None  # None: strict when no queue has a weight
     concurrency: int = 10
+    processes: int = 1  # -p N: a parent runs N worker processes
     mode: str = AT_LEAST_ONCE
     timeout: float = 25.0  # shutdown: how long running jobs may finish after TERM
     job_timeout: Optional[float] = None  # default hard timeout per job (None: no limit)
@@ -118,6 +119,7 @@ class Config:
         """Raise :class:`ConfigError` naming the first bad value; return self."""
         _positive_int("concurrency", self.concurrency, upper=10_000)
         _positive_int("max-dead-jobs", self.max_dead_jobs, upper=10**9)
+        _positive_int("processes", self.processes, upper=256)
         _positive_int("max-recoveries", self.max_recoveries, upper=1000)
         for name in ("timeout", "poll_interval", "stats_interval", "dead_timeout",
                      "fetch_timeout", "socket_timeout", "requeue_interval"):
