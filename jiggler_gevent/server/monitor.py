@@ -51,7 +51,8 @@ class Monitor:
     def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
                  identity: str, stats: Stats, busy_jobs: Callable[[], list[dict]],
                  quiet: Callable[[], bool] = lambda: False,
-                 reservation_keys: tuple[str, ...] = ()) -> None:
+                 reservation_keys: tuple[str, ...] = (),
+                 on_command: Callable[[str], None] = lambda command: None) -> None:
         self.config = config
         self.client = client
         self.scripts = scripts
@@ -61,6 +62,7 @@ class Monitor:
         self.busy_jobs = busy_jobs
         self.quiet = quiet
         self.reservation_keys = reservation_keys  # our in-progress lists (at-least-once)
+        self.on_command = on_command  # "quiet" / "stop" sent through Redis by the admin API
         self.started_at = time.time()
         self.unconfirmed: list[tuple[int, int, int]] = []  # (batch, processed, failed)
         self._batch = 0
@@ -101,6 +103,9 @@ class Monitor:
             pipe.zadd(self.keys.processes, {self.identity: now})
             pipe.hset(key, mapping=self.info(now))
             pipe.pexpire(key, max(1, int(self.config.heartbeat_ttl * 1000)))
+            signals = self.keys.signals(self.identity)
+            pipe.lrange(signals, 0, -1)  # commands from the admin API (reply index 3)
+            pipe.delete(signals)
             if self.reservation_keys:  # so the requeuer can find our lists if we die
                 pipe.hset(self.keys.reservations,
                           mapping={k: self.identity for k in self.reservation_keys})
@@ -117,6 +122,12 @@ class Monitor:
         errors = [r for r in replies if isinstance(r, Exception)]
         if errors:  # EXEC ran; a command inside failed (e.g. a key of the wrong type)
             log.error("heartbeat: %d command(s) failed inside EXEC: %s", len(errors), errors[0])
+        commands = replies[3] if isinstance(replies[3], list) else []
+        for command in reversed(commands):  # LPUSHed: the oldest is on the right
+            text = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
+            if text in ("quiet", "stop"):
+                log.info("received %r through Redis", text)
+                self.on_command(text)
 
     def unconfirmed_counts(self) -> tuple[int, int]:
         """Processed and failed counts not yet confirmed as stored in Redis."""
@@ -128,6 +139,7 @@ class Monitor:
             pipe.zrem(self.keys.processes, self.identity)
             pipe.delete(self.keys.process(self.identity))
             pipe.delete(self.keys.counted(self.identity))
+            pipe.delete(self.keys.signals(self.identity))
             if self.reservation_keys:
                 pipe.hdel(self.keys.reservations, *self.reservation_keys)
             pipe.execute()

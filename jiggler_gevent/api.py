@@ -1,0 +1,641 @@
+"""The read and admin API: what the dashboard and the admin commands see and do.
+
+Owns reading the Redis layout (README "Wire format") for people: totals, queues with
+their latency, worker processes and their busy jobs, paginated listings of queues
+and of the retry/scheduled/dead sets, one job by jid, per-day history; and the
+actions a person takes by hand: retry now, delete, kill, retry/delete all, clear a
+queue, quiet/stop a process (a command list its heartbeat reads), and the
+:class:`Cleaner`. Redis only: no gevent, and the worker never imports it.
+
+Nothing stored is trusted: members may be non-UTF-8, not JSON, or JSON of the wrong
+shape. They are shown as :class:`Entry` objects whose fields are plain str/float/None
+values, and every listing is bounded. An entry is addressed by its *ref*,
+``<score>_<sha1 of the member>`` for set entries (exact, even for duplicate or missing
+jids) and ``<sha1>`` for queue entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import redis
+import ujson
+
+from .keys import Keys, valid_queue_name
+from .scripts import Scripts
+
+SET_NAMES = ("retries", "scheduled", "dead")
+SCAN_COUNT = 500
+BATCH = 500
+MAX_PAGE_SIZE = 500
+JOB_SEARCH_LIMIT = 100_000  # members examined per set or queue when looking a jid up
+HISTORY_MAX_DAYS = 400
+QUEUE_DELETE_SEARCH_LIMIT = 100_000
+SIGNALS_TTL_S = 600
+PROCESS_COMMANDS = ("quiet", "stop")
+_REF_RE = re.compile(r"\A(-?(?:[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?|inf))_([0-9a-f]{40})\Z")
+_DIGEST_RE = re.compile(r"\A[0-9a-f]{40}\Z")
+_GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")
+
+
+class AdminError(Exception):
+    """An admin action cannot be done as asked (the message says why)."""
+
+
+class NotFound(AdminError, LookupError):
+    """The job, queue or process asked for is not there (any more)."""
+
+
+def signals_key(keys: Keys, identity: str) -> str:
+    """``jiggler:process:<identity>:signals``: a list of commands (``quiet``, ``stop``)
+    for one worker process. The admin API ``LPUSH``es; the process's heartbeat pops
+    from the right each beat and acts as on TSTP (quiet) or TERM (stop)."""
+    return keys.signals(identity)
+
+
+def _text(value: Any) -> str:
+    """Any Redis reply or JSON value as printable text (never raises)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")  # lone surrogates
+    return "" if value is None else str(value)
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite float from a JSON value or Redis reply, else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _int(value: Any) -> int:
+    number = _number(value)
+    return int(number) if number is not None else 0
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return _text(ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False))
+    except (TypeError, ValueError, OverflowError):
+        return _text(repr(value))
+
+
+def clamp(value: Any, low: int, high: int, default: int) -> int:
+    """``value`` as an int within [low, high]; ``default`` when it is not a number."""
+    try:
+        number = int(str(value).strip()[:20])
+    except (TypeError, ValueError):
+        return default
+    return max(low, min(high, number))
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha1(raw).hexdigest()
+
+
+@dataclasses.dataclass
+class Entry:
+    """One stored job (or stored bytes that are not a job), ready to show."""
+
+    raw: bytes
+    where: str  # "retries", "scheduled", "dead" or "queue"
+    score: Optional[float] = None
+    queue_name: Optional[str] = None  # for queue entries: the list it is in
+    job: Optional[dict] = None  # the decoded object, None when the bytes are not one
+    problem: Optional[str] = None  # why it is not a job object
+
+    @classmethod
+    def decode(cls, raw: bytes, where: str, score: Optional[float] = None,
+               queue_name: Optional[str] = None) -> Entry:
+        entry = cls(raw=raw, where=where, score=score, queue_name=queue_name)
+        try:
+            value = ujson.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            entry.problem = "not UTF-8"
+        except (ValueError, OverflowError, RecursionError):
+            entry.problem = "not JSON"
+        else:
+            if isinstance(value, dict):
+                entry.job = value
+            else:
+                entry.problem = f"a JSON {type(value).__name__}, not an object"
+        return entry
+
+    def field(self, name: str) -> Any:
+        return self.job.get(name) if self.job else None
+
+    @property
+    def ref(self) -> str:
+        """How to address this entry in an action."""
+        if self.score is None:
+            return digest(self.raw)
+        return f"{score_text(self.score)}_{digest(self.raw)}"
+
+    @property
+    def jid(self) -> str:
+        return _text(self.field("jid"))
+
+    @property
+    def name(self) -> str:
+        return _text(self.field("name"))
+
+    @property
+    def queue(self) -> str:
+        return _text(self.field("queue") or self.queue_name)
+
+    @property
+    def args_text(self) -> str:
+        args = self.field("args")
+        return "" if args is None else _json_text(args)
+
+    @property
+    def kwargs_text(self) -> str:
+        kwargs = self.field("kwargs")
+        return _json_text(kwargs) if kwargs else ""
+
+    @property
+    def error_class(self) -> str:
+        return _text(self.field("error_class"))
+
+    @property
+    def error_message(self) -> str:
+        return _text(self.field("error_message"))
+
+    @property
+    def backtrace(self) -> list[str]:
+        trace = self.field("error_backtrace")
+        if isinstance(trace, list):
+            return [_text(line) for line in trace[:200]]
+        return [_text(trace)] if trace else []
+
+    @property
+    def attempt(self) -> int:
+        return _int(self.field("attempt"))
+
+    @property
+    def raw_text(self) -> str:
+        """The stored bytes as text (undecodable bytes as ``\\xNN``)."""
+        return _text(self.raw)
+
+    def time(self, name: str) -> Optional[float]:
+        return _number(self.field(name))
+
+    @property
+    def runnable_queue(self) -> Optional[str]:
+        """The queue a retry-now sends it to, or None when it is not a runnable job."""
+        if not self.job or not isinstance(self.field("name"), str) or not self.field("name"):
+            return None
+        queue = self.field("queue")
+        if self.where == "retries" and self.field("retry_queue"):
+            queue = self.field("retry_queue")
+        queue = "default" if queue is None else queue
+        return queue if valid_queue_name(queue) else None
+
+    def as_dict(self) -> dict:
+        """A JSON-safe summary (for ``--json`` and the JSON endpoints)."""
+        return {
+            "ref": self.ref, "where": self.where, "score": self.score, "jid": self.jid,
+            "name": self.name, "queue": self.queue, "args": self.args_text,
+            "kwargs": self.kwargs_text, "error_class": self.error_class,
+            "error_message": self.error_message, "attempt": self.attempt,
+            "problem": self.problem, "raw": None if self.job else self.raw_text,
+        }
+
+
+def score_text(score: float) -> str:
+    """A score as it appears in a ref (``repr`` of the float, round-trips exactly)."""
+    text = repr(float(score))
+    return text[:-2] if text.endswith(".0") and "e" not in text else text
+
+
+def parse_ref(ref: str) -> tuple[float, str]:
+    """``<score>_<sha1>`` -> (score, sha1); raises :class:`NotFound` for anything else."""
+    match = _REF_RE.match(ref or "")
+    if not match:
+        raise NotFound(f"no such entry {ref[:100]!r}")
+    return float(match.group(1)), match.group(2)
+
+
+@dataclasses.dataclass
+class Page:
+    """One page of a listing."""
+
+    entries: list[Entry]
+    total: int
+    page: int
+    count: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.count))
+
+
+@dataclasses.dataclass
+class QueueInfo:
+    name: str
+    size: int
+    latency: float  # seconds the oldest job has waited (0 when empty or unknown)
+
+
+@dataclasses.dataclass
+class ProcessInfo:
+    """One worker process as its heartbeat hash describes it (every value text)."""
+
+    identity: str
+    info: dict  # field name -> text
+    busy_jobs: list[dict]  # each: worker, jid, name, queue, started_at (text)
+    alive: bool
+
+    def get(self, name: str) -> str:
+        return self.info.get(name, "")
+
+    @property
+    def busy(self) -> int:
+        return _int(self.info.get("busy"))
+
+    @property
+    def quiet(self) -> bool:
+        return self.info.get("quiet") == "1"
+
+
+class Api:
+    """Reads and admin actions over one Redis client and namespace.
+
+    ``client`` is a redis-py client (bytes replies; ``decode_responses`` must be off).
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str = "") -> None:
+        self.client = client
+        self.keys = Keys(namespace)
+        self._scripts: Optional[Scripts] = None
+
+    @property
+    def scripts(self) -> Scripts:
+        if self._scripts is None:
+            self._scripts = Scripts(self.client)
+        return self._scripts
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def scan(self, pattern: str) -> Iterator[str]:
+        """Every key matching ``pattern`` (SCAN to cursor 0, not to the first empty page)."""
+        cursor = 0
+        while True:
+            cursor, batch = self.client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            for key in batch:
+                yield _text(key)
+            if int(cursor) == 0:
+                return
+
+    def queue_names(self) -> list[str]:
+        """Names of the queues that have pending jobs, sorted."""
+        prefix = _GLOB_SPECIALS.sub(r"\\\1", self.keys.queue_prefix)
+        names = {self.keys.queue_name(key) for key in self.scan(prefix + "*")}
+        names.discard(None)
+        return sorted(names)
+
+    def queues(self, now: Optional[float] = None) -> list[QueueInfo]:
+        """Every queue with its size and latency (age of its oldest job)."""
+        now = time.time() if now is None else now
+        names = self.queue_names()
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.llen(self.keys.queue(name))
+                pipe.lindex(self.keys.queue(name), -1)  # the right end runs next
+            replies = pipe.execute()
+        out = []
+        for i, name in enumerate(names):
+            size, oldest = replies[2 * i], replies[2 * i + 1]
+            out.append(QueueInfo(name, int(size or 0), _latency(oldest, now)))
+        return out
+
+    def processes(self) -> list[ProcessInfo]:
+        """Registered worker processes with a live heartbeat, most recent beat first."""
+        identities = [_text(i) for i in self.client.zrevrange(self.keys.processes, 0, 999)]
+        with self.client.pipeline(transaction=False) as pipe:
+            for identity in identities:
+                pipe.hgetall(self.keys.process(identity))
+            hashes = pipe.execute()
+        out = []
+        for identity, fields in zip(identities, hashes):
+            if not fields:
+                continue  # heartbeat expired: the requeuer prunes the registry
+            info = {_text(k): _text(v) for k, v in fields.items()}
+            out.append(ProcessInfo(identity, info, _busy_jobs(info.get("busy_jobs")), True))
+        return out
+
+    def totals(self) -> dict:
+        """processed, failed, enqueued, retries, scheduled, dead, busy, processes."""
+        queues = self.queue_names()
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.processed)
+            pipe.get(self.keys.failures)
+            pipe.zcard(self.keys.retries)
+            pipe.zcard(self.keys.scheduled)
+            pipe.zcard(self.keys.dead)
+            for name in queues:
+                pipe.llen(self.keys.queue(name))
+            replies = pipe.execute()
+        processes = self.processes()
+        return {
+            "processed": _int(replies[0]),
+            "failed": _int(replies[1]),
+            "enqueued": sum(int(n or 0) for n in replies[5:]),
+            "retries": int(replies[2]),
+            "scheduled": int(replies[3]),
+            "dead": int(replies[4]),
+            "busy": sum(p.busy for p in processes),
+            "processes": len(processes),
+        }
+
+    def summary(self, now: Optional[float] = None) -> dict:
+        """Totals, queues and processes in one JSON-safe dict."""
+        return {
+            "totals": self.totals(),
+            "queues": [dataclasses.asdict(q) for q in self.queues(now)],
+            "processes": [
+                {"identity": p.identity, **{k: v for k, v in p.info.items() if k != "busy_jobs"},
+                 "busy_jobs": p.busy_jobs}
+                for p in self.processes()
+            ],
+        }
+
+    def history(self, days: int = 30, now: Optional[float] = None) -> list[dict]:
+        """Per-day processed/failed counts, oldest day first (UTC days, at most 400)."""
+        days = max(1, min(HISTORY_MAX_DAYS, int(days)))
+        now = time.time() if now is None else now
+        names = [time.strftime("%Y-%m-%d", time.gmtime(now - 86400 * back))
+                 for back in range(days - 1, -1, -1)]
+        processed = self.client.mget([self.keys.processed_on(d) for d in names])
+        failed = self.client.mget([self.keys.failures_on(d) for d in names])
+        return [{"day": d, "processed": _int(p), "failed": _int(f)}
+                for d, p, f in zip(names, processed, failed)]
+
+    def redis_info(self) -> dict:
+        """A few fields of Redis INFO worth showing."""
+        info = self.client.info()
+        wanted = ("redis_version", "valkey_version", "uptime_in_days", "connected_clients",
+                  "used_memory_human", "used_memory_peak_human", "maxmemory_policy")
+        return {name: _text(info[name]) for name in wanted if name in info}
+
+    # -- listings ------------------------------------------------------------------------
+
+    def set_key(self, name: str) -> str:
+        if name not in SET_NAMES:
+            raise NotFound(f"no such set {name[:40]!r} (use retries, scheduled or dead)")
+        return getattr(self.keys, name)
+
+    def set_page(self, name: str, page: int = 1, count: int = 25) -> Page:
+        """Entries of a sorted set; dead and retries newest/latest first, scheduled soonest first."""
+        key = self.set_key(name)
+        count = max(1, min(MAX_PAGE_SIZE, count))
+        total = int(self.client.zcard(key))
+        page = max(1, min(page, max(1, -(-total // count))))
+        start = (page - 1) * count
+        if name == "scheduled":
+            rows = self.client.zrange(key, start, start + count - 1, withscores=True)
+        else:
+            rows = self.client.zrevrange(key, start, start + count - 1, withscores=True)
+        return Page([Entry.decode(m, name, float(s)) for m, s in rows], total, page, count)
+
+    def queue_page(self, queue: str, page: int = 1, count: int = 25) -> Page:
+        """Jobs of a queue, the next to run first."""
+        if not valid_queue_name(queue):
+            raise NotFound(f"no such queue {queue[:130]!r}")
+        key = self.keys.queue(queue)
+        count = max(1, min(MAX_PAGE_SIZE, count))
+        total = int(self.client.llen(key))
+        page = max(1, min(page, max(1, -(-total // count))))
+        start = (page - 1) * count
+        rows = self.client.lrange(key, -(start + count), -(start + 1)) if total else []
+        return Page([Entry.decode(m, "queue", queue_name=queue) for m in reversed(rows)],
+                    total, page, count)
+
+    def entry(self, name: str, ref: str) -> Entry:
+        """One entry of a sorted set by its ref; raises :class:`NotFound`."""
+        key = self.set_key(name)
+        score, wanted = parse_ref(ref)
+        for member, found in self.client.zrangebyscore(key, score, score, withscores=True):
+            if digest(member) == wanted:
+                return Entry.decode(member, name, float(found))
+        raise NotFound(f"no entry {ref!r} in {name} (it was retried, moved or deleted)")
+
+    def find_job(self, jid: str, limit: int = JOB_SEARCH_LIMIT) -> Optional[Entry]:
+        """The first entry whose ``jid`` is ``jid``: the sets, then the queues; each
+        searched up to ``limit`` members."""
+        if not jid or len(jid) > 64:
+            return None
+        needle = _GLOB_SPECIALS.sub(r"\\\1", jid)
+        for name in ("dead", "retries", "scheduled"):
+            matches = self.client.zscan_iter(self.set_key(name), match=f"*{needle}*",
+                                             count=SCAN_COUNT)
+            for seen, (member, score) in enumerate(matches, 1):
+                entry = Entry.decode(member, name, float(score))
+                if entry.field("jid") == jid:
+                    return entry
+                if seen >= limit:
+                    break
+        for queue in self.queue_names():
+            key = self.keys.queue(queue)
+            for start in range(0, limit, BATCH):
+                rows = self.client.lrange(key, start, start + BATCH - 1)
+                for member in rows:
+                    if jid.encode("utf-8", "backslashreplace") in member:
+                        entry = Entry.decode(member, "queue", queue_name=queue)
+                        if entry.field("jid") == jid:
+                            return entry
+                if len(rows) < BATCH:
+                    break
+        return None
+
+    # -- actions on set entries ----------------------------------------------------------
+
+    def retry_now(self, name: str, ref: str, now: Optional[float] = None) -> str:
+        """Move one retries/scheduled/dead entry to its queue now; returns the queue."""
+        entry = self.entry(name, ref)
+        return self._retry_entry(entry, time.time() if now is None else now)
+
+    def _retry_entry(self, entry: Entry, now: float) -> str:
+        queue = entry.runnable_queue
+        if queue is None:
+            why = entry.problem or "no name or no valid queue"
+            raise AdminError(f"entry {entry.ref} is not a runnable job ({why}); delete it instead")
+        job = dict(entry.job or {})
+        job["enqueued_at"] = now  # so the queue's latency counts from now
+        job.pop("retry_at", None)
+        member = ujson.dumps(job, ensure_ascii=False, escape_forward_slashes=False).encode(
+            "utf-8", "surrogatepass")
+        moved = self.scripts.move_entry(keys=[self.set_key(entry.where), self.keys.queue(queue)],
+                                        args=[entry.raw, member, "list"])
+        if not int(moved):
+            raise NotFound(f"entry {entry.ref} is gone (moved by someone else)")
+        return queue
+
+    def delete(self, name: str, ref: str) -> None:
+        """Remove one entry of a sorted set."""
+        entry = self.entry(name, ref)
+        if not self.client.zrem(self.set_key(name), entry.raw):
+            raise NotFound(f"entry {ref} is gone")
+
+    def kill(self, name: str, ref: str, now: Optional[float] = None) -> None:
+        """Move one retries/scheduled entry to the dead set (bytes kept as they are)."""
+        if name == "dead":
+            raise AdminError("the entry is dead already")
+        entry = self.entry(name, ref)
+        now = time.time() if now is None else now
+        moved = self.scripts.move_entry(keys=[self.set_key(name), self.keys.dead],
+                                        args=[entry.raw, entry.raw, repr(now)])
+        if not int(moved):
+            raise NotFound(f"entry {ref} is gone")
+
+    def retry_all(self, name: str, now: Optional[float] = None) -> tuple[int, int]:
+        """Move every runnable entry of a set to its queue; returns (moved, skipped).
+        Entries that are not runnable jobs stay where they are."""
+        key = self.set_key(name)
+        now = time.time() if now is None else now
+        moved = skipped = 0
+        while True:
+            rows = self.client.zrange(key, skipped, skipped + BATCH - 1, withscores=True)
+            if not rows:
+                return moved, skipped
+            for member, score in rows:
+                entry = Entry.decode(member, name, float(score))
+                if entry.runnable_queue is None:
+                    skipped += 1
+                    continue
+                try:
+                    self._retry_entry(entry, now)
+                    moved += 1
+                except NotFound:
+                    pass  # moved meanwhile by a poller or another admin
+
+    def retry_jids(self, name: str, jids: list[str]) -> tuple[int, list[str]]:
+        """Retry the entries with these jids; returns (moved, jids not found)."""
+        wanted = set(jids)
+        found: set[str] = set()
+        moved = 0
+        now = time.time()
+        for member, score in list(self.client.zscan_iter(self.set_key(name), count=SCAN_COUNT)):
+            entry = Entry.decode(member, name, float(score))
+            jid = entry.field("jid")
+            if isinstance(jid, str) and jid in wanted:
+                try:
+                    self._retry_entry(entry, now)
+                    moved += 1
+                    found.add(jid)
+                except NotFound:
+                    pass
+        return moved, sorted(wanted - found)
+
+    def delete_all(self, name: str) -> int:
+        """Empty one set; returns how many entries it had."""
+        key = self.set_key(name)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.zcard(key)
+            pipe.delete(key)
+            size, _ = pipe.execute()
+        return int(size)
+
+    # -- queues --------------------------------------------------------------------------
+
+    def clear_queue(self, queue: str) -> int:
+        """Delete every pending job of a queue; returns how many there were."""
+        if not valid_queue_name(queue):
+            raise NotFound(f"no such queue {queue[:130]!r}")
+        key = self.keys.queue(queue)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(key)
+            pipe.delete(key)
+            size, _ = pipe.execute()
+        return int(size)
+
+    def delete_queued(self, queue: str, ref: str) -> None:
+        """Delete one pending job of a queue by its ref (the sha1 of its bytes)."""
+        if not valid_queue_name(queue) or not _DIGEST_RE.match(ref or ""):
+            raise NotFound("no such job")
+        key = self.keys.queue(queue)
+        for start in range(0, QUEUE_DELETE_SEARCH_LIMIT, BATCH):
+            rows = self.client.lrange(key, start, start + BATCH - 1)
+            for member in rows:
+                if digest(member) == ref and self.client.lrem(key, 1, member):
+                    return
+            if len(rows) < BATCH:
+                break
+        raise NotFound(f"job {ref} is not in queue {queue!r} (it may have run)")
+
+    # -- processes -----------------------------------------------------------------------
+
+    def signal_process(self, identity: str, command: str) -> None:
+        """Ask a live worker process to ``quiet`` (stop taking jobs) or ``stop`` (as on
+        TERM). Its heartbeat picks the command up (within one stats interval)."""
+        if command not in PROCESS_COMMANDS:
+            raise AdminError(f"unknown command {command[:20]!r} (use quiet or stop)")
+        if not valid_queue_name(identity) or not self.client.exists(self.keys.process(identity)):
+            raise NotFound(f"no live process {identity[:130]!r}")
+        key = signals_key(self.keys, identity)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, command)
+            pipe.expire(key, SIGNALS_TTL_S)
+            pipe.execute()
+
+
+class Cleaner:
+    """Deletes our keys: one queue, all queues, or everything under our namespace."""
+
+    def __init__(self, client: redis.Redis, namespace: str = "") -> None:
+        self.api = Api(client, namespace)
+        self.client = client
+        self.keys = self.api.keys
+
+    def prune_queue(self, queue: str) -> int:
+        """Delete one queue's pending jobs; returns how many."""
+        return self.api.clear_queue(queue)
+
+    def prune_all_queues(self) -> int:
+        """Delete every queue's pending jobs (not the in-progress lists of running
+        processes); returns how many jobs."""
+        return sum(self.api.clear_queue(name) for name in self.api.queue_names())
+
+    def prune_all(self) -> int:
+        """Delete every key of ours (``<namespace>:jiggler:*``, or ``jiggler:*``); returns
+        how many keys. Stop the workers first: their in-progress lists go too."""
+        pattern = _GLOB_SPECIALS.sub(r"\\\1", self.keys.root) + "*"
+        deleted = 0
+        batch: list[str] = []
+        for key in self.api.scan(pattern):
+            batch.append(key)
+            if len(batch) >= BATCH:
+                deleted += int(self.client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(self.client.unlink(*batch))
+        return deleted
+
+
+def _latency(oldest: Optional[bytes], now: float) -> float:
+    if not oldest:
+        return 0.0
+    entry = Entry.decode(oldest, "queue")
+    times = [t for t in (entry.time("enqueued_at"), entry.time("retry_at")) if t is not None]
+    return max(0.0, now - max(times)) if times else 0.0
+
+
+def _busy_jobs(text: Optional[str]) -> list[dict]:
+    try:
+        jobs = ujson.loads(text or "[]")
+    except (ValueError, OverflowError, RecursionError):
+        return []
+    if not isinstance(jobs, list):
+        return []
+    fields = ("worker", "jid", "name", "queue", "started_at")
+    return [{f: _text(job.get(f)) for f in fields} for job in jobs[:1000] if isinstance(job, dict)]

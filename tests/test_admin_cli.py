@@ -1,0 +1,158 @@
+"""The admin subcommands (``jiggler-gevent stats``, ``retry-dead``, ...) against a real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jiggler_gevent import admin, payload
+from jiggler_gevent.api import signals_key
+from jiggler_gevent.keys import Keys
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def dead_entry(jid: str, queue: str = "mail", name: str = "Mail") -> bytes:
+    built = payload.build(name, ["x"], {}, queue=queue, retries=0, jid=jid)
+    return payload.dumps(payload.failed(built, ValueError("boom"), now=time.time(), retry_at=None))
+
+
+@pytest.fixture
+def run(redis_url, redis_client, capsys, monkeypatch):
+    """``run(*argv) -> (status, stdout, stderr)``, Redis url from the environment."""
+    monkeypatch.setenv("JIGGLER_REDIS_URL", redis_url)
+    monkeypatch.delenv("JIGGLER_NAMESPACE", raising=False)
+
+    def call(*argv: str):
+        status = admin.main(list(argv))
+        out = capsys.readouterr()
+        return status, out.out, out.err
+    return call
+
+
+def test_stats_table_and_json(run, redis_client):
+    keys = Keys("")
+    redis_client.set(keys.processed, 42)
+    redis_client.lpush(keys.queue("mail"), payload.dumps(payload.build(
+        "Mail", [], {}, queue="mail", retries=1)))
+    redis_client.zadd(keys.processes, {"p1": time.time()})
+    redis_client.hset(keys.process("p1"), mapping={
+        "hostname": "web\x1b[31m1", "pid": "77", "busy": "2", "concurrency": "10",
+        "queues": "mail", "quiet": "1", "started_at": str(time.time())})
+    status, out, _ = run("stats", "--days", "2")
+    assert status == 0
+    assert "processed  42" in out and "mail   1" in out
+    assert "web\\x1b[31m1" in out and "\x1b" not in out  # no terminal escapes from Redis
+    assert "2/10" in out and "quiet" in out and out.count("-") >= 2
+    status, out, _ = run("stats", "--json", "--days", "3")
+    data = json.loads(out)
+    assert data["totals"]["processed"] == 42 and data["totals"]["busy"] == 2
+    assert data["queues"][0]["name"] == "mail" and len(data["history"]) == 3
+    assert data["processes"][0]["identity"] == "p1"
+
+
+def test_stats_with_namespace(run, redis_client):
+    redis_client.set(Keys("app2").processed, 5)
+    redis_client.set(Keys("").processed, 9)
+    status, out, _ = run("stats", "--json", "--namespace", "app2")
+    assert status == 0 and json.loads(out)["totals"]["processed"] == 5
+
+
+def test_retry_dead_by_jid_and_all(run, redis_client):
+    keys = Keys("")
+    redis_client.zadd(keys.dead, {dead_entry("a"): 1, dead_entry("b"): 2, b"\xff junk": 3})
+    status, out, err = run("retry-dead", "a", "nope")
+    assert status == 1 and "moved 1 job(s)" in out and "not found in dead: nope" in err
+    status, out, _ = run("retry-dead", "--all")
+    assert status == 0 and "moved 1 job(s)" in out and "1 entr(ies) are not runnable" in out
+    assert redis_client.llen(keys.queue("mail")) == 2
+    assert redis_client.zcard(keys.dead) == 1
+
+
+def test_retry_and_kill(run, redis_client):
+    keys = Keys("")
+    redis_client.zadd(keys.retries, {dead_entry("r1"): time.time() + 50,
+                                     dead_entry("r2"): time.time() + 60})
+    assert run("retry", "r1")[0] == 0
+    assert redis_client.llen(keys.queue("mail")) == 1
+    status, out, _ = run("kill", "r2")
+    assert status == 0 and "killed r2" in out
+    assert redis_client.zcard(keys.dead) == 1 and redis_client.zcard(keys.retries) == 0
+    status, _, err = run("kill", "r2")  # now dead: not in retries/scheduled
+    assert status == 1 and "r2" in err
+
+
+def test_destructive_commands_need_yes_without_a_terminal(run, redis_client, monkeypatch):
+    keys = Keys("")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal
+    redis_client.zadd(keys.dead, {dead_entry("a"): 1})
+    redis_client.lpush(keys.queue("mail"), b"x", b"y")
+    status, _, err = run("delete-dead")
+    assert status == 1 and "--yes" in err and len(err.strip().splitlines()) == 1
+    assert redis_client.zcard(keys.dead) == 1
+    assert run("delete-dead", "--yes")[:2] == (0, "deleted 1 entr(ies) of the dead set\n")
+    status, out, _ = run("clear-queue", "mail", "--yes")
+    assert status == 0 and "deleted 2 job(s)" in out
+    assert run("delete-retries", "--yes")[0] == 0
+
+
+def test_quiet_and_stop(run, redis_client):
+    keys = Keys("")
+    redis_client.hset(keys.process("p1"), mapping={"identity": "p1"})
+    status, out, _ = run("quiet", "p1")
+    assert status == 0 and "quiet" in out
+    assert run("stop", "p1")[0] == 0
+    assert redis_client.lrange(signals_key(keys, "p1"), 0, -1) == [b"stop", b"quiet"]
+    status, _, err = run("stop", "missing")
+    assert status == 1 and err == "jiggler-gevent stop: no live process 'missing'\n"
+
+
+def test_clean(run, redis_client):
+    ours = Keys("app3")
+    redis_client.lpush(ours.queue("a"), b"x")
+    redis_client.lpush(ours.queue("b"), b"x", b"y")
+    redis_client.zadd(ours.dead, {b"x": 1})
+    redis_client.set("unrelated", 1)
+    assert run("clean", "--queue", "a", "--yes", "--namespace", "app3")[0] == 0
+    status, out, _ = run("clean", "--all-queues", "--yes", "--namespace", "app3")
+    assert status == 0 and "deleted 2 job(s)" in out
+    status, out, _ = run("clean", "--everything", "--yes", "--namespace", "app3")
+    assert status == 0 and "deleted 1 key(s) under app3:jiggler:*" in out
+    assert redis_client.keys("*") == [b"unrelated"]
+
+
+def test_errors_are_one_line(run):
+    status, _, err = run("stats", "--redis-url", "redis://127.0.0.1:1/0")
+    assert status == 1 and err.startswith("jiggler-gevent stats: cannot connect to Redis")
+    assert len(err.strip().splitlines()) == 1
+    status, _, err = run("stats", "--redis-url", "http://x")
+    assert status == 1 and "must start with redis://" in err
+    status, _, err = run("stats", "--namespace", "a:b")
+    assert status == 1 and "namespace" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        admin.main(["retry-dead"])  # neither --all nor a jid
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        admin.main(["no-such-command"])
+
+
+def test_subcommand_names_match_the_parser():
+    parser = admin.build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert sorted(choices) == sorted(admin.SUBCOMMANDS)
+
+
+def test_module_entry_point(redis_url, redis_client):
+    redis_client.set(Keys("").processed, 3)
+    env = dict(os.environ, JIGGLER_REDIS_URL=redis_url, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-m", "jiggler_gevent.admin", "stats", "--json"],
+                            capture_output=True, text=True, timeout=30, env=env, cwd=str(REPO_ROOT))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["processed"] == 3

@@ -1,0 +1,129 @@
+"""A real browser: headless Chromium (Debian's ``chromium`` + ``chromedriver``, driven by
+Selenium) loads the dashboard served by ``jiggler-gevent web``, sees the counters and
+the charts update, and retries a dead job through the UI. Screenshots go to
+``test-artifacts/`` (``JIGGLER_TEST_ARTIFACTS`` to change it).
+
+Skipped, with the reason, when Selenium or the browser is not installed
+(``apt-get install chromium chromium-driver``; ``.ci/run`` does it when it can).
+Set ``JIGGLER_CHROMIUM`` / ``JIGGLER_CHROMEDRIVER`` to use other binaries.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+import pytest
+
+from jiggler_gevent.api import Api
+
+from .conftest import REPO_ROOT, seed
+
+CHROMIUM = os.environ.get("JIGGLER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = os.environ.get("JIGGLER_CHROMEDRIVER") or shutil.which("chromedriver")
+ARTIFACTS = pathlib.Path(os.environ.get("JIGGLER_TEST_ARTIFACTS") or REPO_ROOT / "test-artifacts")
+WAIT_S = 15
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (test extra)")
+pytest.importorskip("jinja2")
+if not CHROMIUM or not CHROMEDRIVER:
+    pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
+                f"(found chromium={CHROMIUM}, chromedriver={CHROMEDRIVER})", allow_module_level=True)
+
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture
+def browser():
+    profile = tempfile.mkdtemp(prefix="jiggler-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                 f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    try:
+        driver = webdriver.Chrome(options=options, service=service)
+    except Exception as exc:  # a browser that cannot start here is an environment problem
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.skip(f"chromium did not start: {type(exc).__name__}: {str(exc)[:300]}")
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def screenshot(driver, name: str) -> pathlib.Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"dashboard-{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 1000
+    return path
+
+
+def no_alert(driver) -> None:
+    """A script injected through job data would have opened an alert."""
+    try:
+        text = driver.switch_to.alert.text
+    except NoAlertPresentException:
+        return
+    pytest.fail(f"an alert opened (injected script ran?): {text!r}")
+
+
+def painted_pixels(driver, canvas_id: str) -> int:
+    return driver.execute_script(
+        "var c = document.getElementById(arguments[0]);"
+        "var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "var n = 0; for (var i = 3; i < d.length; i += 4) { if (d[i] > 0) { n++; } } return n;",
+        canvas_id)
+
+
+def test_overview_live_chart_and_retry_dead_job(browser, web_server, redis_client):
+    keys = seed(redis_client)
+    server = web_server()
+    wait = WebDriverWait(browser, WAIT_S)
+
+    browser.get(server.url + "/?poll=2")
+    wait.until(lambda d: d.find_element(By.ID, "history-chart").get_attribute("data-drawn"))
+    counter = browser.find_element(By.CSS_SELECTOR, '[data-counter="processed"]')
+    assert counter.text == "1,234"
+    assert browser.find_element(By.CSS_SELECTOR, '[data-counter="dead"]').text == "3"
+    assert painted_pixels(browser, "history-chart") > 500  # bars and axes were drawn
+    redis_client.incrby(keys.processed, 10)  # live polling picks it up
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '[data-counter="processed"]').text == "1,244")
+    wait.until(lambda d: int(d.find_element(By.ID, "live-chart").get_attribute("data-drawn") or 0) >= 2)
+    assert "updated" in browser.find_element(By.ID, "live-status").text
+    no_alert(browser)
+    screenshot(browser, "overview")
+
+    browser.get(server.url + "/dead")
+    no_alert(browser)
+    rows = [r for r in browser.find_elements(By.CSS_SELECTOR, "table.jobs tbody tr") if "dead1" in r.text]
+    assert len(rows) == 1
+    assert "<script>alert" in rows[0].text  # shown as text, not run
+    screenshot(browser, "dead-before-retry")
+    rows[0].find_element(By.XPATH, ".//button[normalize-space()='Retry now']").click()
+    wait.until(lambda d: "Job moved to its queue." in d.find_element(By.TAG_NAME, "body").text)
+    no_alert(browser)
+    assert "dead1" not in browser.find_element(By.TAG_NAME, "body").text
+    screenshot(browser, "dead-after-retry")
+    retried = Api(redis_client).find_job("dead1")
+    assert retried is not None and (retried.where, retried.queue) == ("queue", "mail")
+
+    browser.get(server.url + "/jobs/retry1")
+    assert "Backtrace" in browser.find_element(By.TAG_NAME, "body").text
+    no_alert(browser)
+    screenshot(browser, "job-detail")
+
+    problems = [entry["message"] for entry in browser.get_log("browser")
+                if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]]
+    assert not problems, problems
