@@ -42,3 +42,9 @@ bench: venv
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache .hypothesis test-artifacts *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The fault suite at length (tests/faults: SIGKILL, SIGSTOP, poison pill, retry storm,
+# racing pollers, CPU-bound jobs) with more jobs and more faults; `make test` runs it short.
+.PHONY: faults
+faults: venv
+	JIGGLER_FAULTS_SCALE=long $(VENV_PYTHON) tests/pytest_gevent.py -q tests/faults -m "slow or not slow" $(PYTEST_ARGS)

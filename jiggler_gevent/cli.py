@@ -19,7 +19,7 @@ from typing import Optional
 
 import configargparse
 
-from . import connection
+from . import connection, middleware
 from .config import AT_LEAST_ONCE, MODES, Config, default_redis_url, parse_queues
 from .errors import ConfigError, JigglerError, RedisUnavailable
 from .version import __version__
@@ -97,6 +97,10 @@ def build_parser() -> configargparse.ArgParser:
                         "(default 1)")
     p.add_argument("-r", "--require", default=None,
                    help="module (a.b), module:factory, or .py file path defining your jobs")
+    p.add_argument("--middleware", default=None,
+                   help="comma-separated dotted paths (pkg.mod:Name) of middleware classes or "
+                        "objects with around_enqueue/around_perform; added after the -r module "
+                        "is loaded, so they run inside middleware it adds in code")
     p.add_argument("-t", "--timeout", type=_positive_float, default=defaults["timeout"].default,
                    help="shutdown timeout: seconds running jobs get after TERM (default 25)")
     p.add_argument("--job-timeout", type=_positive_float, default=None,
@@ -154,9 +158,12 @@ def build_parser() -> configargparse.ArgParser:
     return p
 
 
-def config_from_args(argv: Optional[Sequence[str]] = None) -> Config:
-    """Parse options (flags > env > config file > defaults) into a validated Config."""
-    args = build_parser().parse_args(argv)
+def config_from_args(argv: Optional[Sequence[str]] = None,
+                     args: Optional[configargparse.Namespace] = None) -> Config:
+    """Parse options (flags > env > config file > defaults) into a validated Config
+    (or build it from ``args`` already parsed by :func:`build_parser`)."""
+    if args is None:
+        args = build_parser().parse_args(argv)
     try:
         return Config(
             redis_url=args.redis_url or default_redis_url(),
@@ -247,9 +254,15 @@ def _run_parent(config: Config, argv: list[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``bin/jiggler-gevent`` (after monkey-patching)."""
+    """Entry point of ``bin/jiggler-gevent`` (after monkey-patching). A first argument
+    naming an admin subcommand (``stats``, ``web``, ``retry-dead``...) runs that instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = config_from_args(argv)
+    from . import admin
+
+    if argv and argv[0] in admin.SUBCOMMANDS:
+        return admin.main(argv)
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args=args)
     logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
                         format=LOG_FORMAT, stream=sys.stdout)
     if config.processes > 1:
@@ -260,6 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         connection.configure(redis_url=config.redis_url, namespace=config.namespace,
                              max_connections=config.concurrency + 10)
         load_app(config.require)
+        middleware.load(args.middleware)
         launcher = Launcher(config)
         connection.ping(launcher.client, config.redis_url)
     except (ConfigError, RedisUnavailable) as exc:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Callable, ClassVar, Optional
 
+from . import middleware as _middleware
 from . import payload as _payload
 from .connection import settings
 from .errors import EnqueueError, JobDefinitionError, UnknownJobError
@@ -212,14 +213,18 @@ class Enqueuer:
             jid=jid or self.options.get("jid"),
         )
 
-    def enqueue(self, /, *args: Any, **kwargs: Any) -> str:
-        """LPUSH the job to its queue; returns the jid."""
-        job = self.build(args, kwargs)
+    def enqueue(self, /, *args: Any, **kwargs: Any) -> Optional[str]:
+        """LPUSH the job to its queue; returns the jid (None if a client middleware
+        vetoed the job)."""
+        job = _middleware.run_client(self.job_class, self.build(args, kwargs))
+        if job is None:
+            return None
         settings.client.lpush(settings.keys.queue(job["queue"]), _payload.dumps(job))
         return job["jid"]
 
-    def enqueue_bulk(self, arg_lists: Iterable[Any], chunk_size: int = BULK_CHUNK) -> list[str]:
-        """Push many jobs, pipelined in chunks; returns their jids in order.
+    def enqueue_bulk(self, arg_lists: Iterable[Any], chunk_size: int = BULK_CHUNK) -> list:
+        """Push many jobs, pipelined in chunks; returns their jids in order (None in
+        the place of a job a client middleware vetoed).
 
         Each item is a list/tuple of positional arguments, or a dict
         ``{"args": [...], "kwargs": {...}}``. Every item is checked before
@@ -227,14 +232,19 @@ class Enqueuer:
         """
         if "jid" in self.options:
             raise EnqueueError("a fixed jid cannot be used with enqueue_bulk")
-        jobs = [self.build(*_split_item(item)) for item in arg_lists]
-        encoded = [_payload.dumps(job) for job in jobs]
-        key = settings.keys.queue(self.queue)
+        jobs = [_middleware.run_client(self.job_class, self.build(*_split_item(item)))
+                for item in arg_lists]
+        by_queue: dict[str, list[bytes]] = {}
+        for job in jobs:
+            if job is not None:
+                by_queue.setdefault(job["queue"], []).append(_payload.dumps(job))
         with settings.client.pipeline(transaction=False) as pipe:
-            for start in range(0, len(encoded), chunk_size):
-                pipe.lpush(key, *encoded[start:start + chunk_size])
+            for queue, encoded in by_queue.items():
+                key = settings.keys.queue(queue)
+                for start in range(0, len(encoded), chunk_size):
+                    pipe.lpush(key, *encoded[start:start + chunk_size])
             pipe.execute()
-        return [job["jid"] for job in jobs]
+        return [job and job["jid"] for job in jobs]
 
     def enqueue_in(self, seconds: float, /, *args: Any, **kwargs: Any) -> str:
         """ZADD the job to the scheduled set, due ``seconds`` from now."""
@@ -242,7 +252,7 @@ class Enqueuer:
             raise EnqueueError(f"seconds must be a number, not {seconds!r}")
         return self.enqueue_at(time.time() + seconds, *args, **kwargs)
 
-    def enqueue_at(self, when: _dt.datetime | float, /, *args: Any, **kwargs: Any) -> str:
+    def enqueue_at(self, when: _dt.datetime | float, /, *args: Any, **kwargs: Any) -> Optional[str]:
         """ZADD the job to the scheduled set, due at ``when``.
 
         ``when`` is an epoch timestamp or a datetime (a naive datetime is local
@@ -250,7 +260,9 @@ class Enqueuer:
         passed pushes the job straight to its queue.
         """
         at = _epoch(when)
-        job = self.build(args, kwargs)
+        job = _middleware.run_client(self.job_class, self.build(args, kwargs))
+        if job is None:
+            return None
         if at <= time.time():
             settings.client.lpush(settings.keys.queue(job["queue"]), _payload.dumps(job))
         else:

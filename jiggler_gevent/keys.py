@@ -41,7 +41,9 @@ class Keys:
         self.failures = root + "stats:failures_counter"
         self.processes = root + "processes"
         self.reservations = root + "reservations"  # in-progress list key -> owner identity
-        self.recoveries = root + "recoveries"  # sha1 of a payload -> times recovered
+        self.recoveries = root + "recovered:"  # + sha1 of a payload: times recovered (TTL)
+        self.periodic_last = root + "periodic:last"  # schedule name -> last enqueued tick
+        self.periodic_schedules = root + "periodic:schedules"  # schedule name -> JSON info
 
     def queue(self, name: str) -> str:
         """The pending list of queue ``name``."""
@@ -54,6 +56,11 @@ class Keys:
     def process(self, identity: str) -> str:
         """The info hash (with a TTL) of one worker process."""
         return f"{self.root}process:{identity}"
+
+    def signals(self, identity: str) -> str:
+        """Commands for one worker process (``quiet``, ``stop``), LPUSHed by the admin API
+        and taken by the process's next heartbeat."""
+        return f"{self.root}process:{identity}:signals"
 
     def counted(self, identity: str) -> str:
         """The number of the last counter batch applied for one process (dedupes resends)."""

@@ -12,7 +12,7 @@ from importlib import resources
 
 import redis
 
-SCRIPT_NAMES = ("fetch", "schedule", "requeue", "drain", "stats", "recover")
+SCRIPT_NAMES = ("fetch", "schedule", "requeue", "drain", "stats", "recover", "move_entry")
 
 
 @functools.cache

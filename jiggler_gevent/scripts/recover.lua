@@ -3,7 +3,8 @@
 -- job has been recovered more than ARGV[1] times already (a poison pill that kills its
 -- process): that one goes to the dead set, its bytes kept in "raw".
 -- KEYS[1] the in-progress list, KEYS[2] its queue, KEYS[3] the owner's heartbeat hash,
--- KEYS[4] the reservations hash, KEYS[5] the recovery counts hash, KEYS[6] the dead set,
+-- KEYS[4] the reservations hash, KEYS[5] the prefix of the per-job recovery counters
+-- (<prefix><sha1 of the payload>, each expiring on its own), KEYS[6] the dead set,
 -- KEYS[7] the process registry.
 -- ARGV[1] max recoveries, ARGV[2] now, ARGV[3] the owner's identity, ARGV[4] TTL of the
 -- recovery counts, ARGV[5] dead set size cap, ARGV[6] oldest dead score kept.
@@ -16,8 +17,9 @@ local moved, buried = 0, 0
 while true do
   local job = redis.call("LPOP", KEYS[1])  -- newest first; pushed right, the oldest ends first
   if not job then break end
-  local digest = redis.sha1hex(job)
-  local count = redis.call("HINCRBY", KEYS[5], digest, 1)
+  local counter = KEYS[5] .. redis.sha1hex(job)
+  local count = redis.call("INCR", counter)
+  redis.call("EXPIRE", counter, ARGV[4])
   if count > limit then
     local ok, decoded = pcall(cjson.decode, job)
     local entry = {
@@ -35,7 +37,7 @@ while true do
     redis.call("ZADD", KEYS[6], ARGV[2], cjson.encode(entry))
     redis.call("ZREMRANGEBYSCORE", KEYS[6], "-inf", "(" .. ARGV[6])
     redis.call("ZREMRANGEBYRANK", KEYS[6], 0, -(tonumber(ARGV[5]) + 1))
-    redis.call("HDEL", KEYS[5], digest)
+    redis.call("DEL", counter)
     buried = buried + 1
   else
     redis.call("RPUSH", KEYS[2], job)
@@ -44,5 +46,4 @@ while true do
 end
 redis.call("HDEL", KEYS[4], KEYS[1])
 redis.call("ZREM", KEYS[7], ARGV[3])
-if moved + buried > 0 then redis.call("EXPIRE", KEYS[5], ARGV[4]) end
 return {moved, buried}

@@ -19,7 +19,8 @@ import gevent
 import redis
 from gevent.event import Event
 
-from .. import connection
+from .. import connection, middleware
+from .. import periodic as _periodic
 from ..config import Config
 from ..keys import Keys
 from ..scripts import Scripts
@@ -28,6 +29,7 @@ from .backoff import REDIS_ERRORS
 from .fetcher import Fetcher
 from .manager import Manager
 from .monitor import Monitor
+from .periodic import PeriodicScheduler
 from .poller import Poller
 from .requeuer import Requeuer
 from .retrier import Retrier
@@ -71,18 +73,23 @@ class Launcher:
                                self.stats,
                                busy_jobs=self.manager.busy_jobs,
                                quiet=lambda: self.fetcher.stopping,
-                               reservation_keys=self.fetcher.reservation_keys)
+                               reservation_keys=self.fetcher.reservation_keys,
+                               on_command=self._on_command)
         self.poller = Poller(config, self.scripts, self.keys)
         self.requeuer = Requeuer(config, self.client, self.scripts, self.keys, self.identity)
         self.supervisor = Supervisor(config.watchdog_threshold) \
             if config.watchdog_threshold and supported() else None
+        self.server_middleware = middleware.server_chain()  # fixed from here on
+        self.periodic = PeriodicScheduler(self.client, self.keys, _periodic.schedules()) \
+            if _periodic.schedules() else None
         self.stop_requested = Event()
         self.hurry = Event()
         self._services: list[gevent.Greenlet] = []
 
     def _make_worker(self, index: int) -> Worker:
         return Worker(index, self.fetcher, self.acker, self.retrier, self.stats,
-                      default_timeout=self.config.job_timeout, supervisor=self.supervisor)
+                      default_timeout=self.config.job_timeout, supervisor=self.supervisor,
+                      middleware=self.server_middleware)
 
     # running ----------------------------------------------------------------------
 
@@ -92,8 +99,11 @@ class Launcher:
             self.monitor.beat_once()
         except REDIS_ERRORS as exc:
             log.warning("first heartbeat failed, will retry: %s", exc)
-        for name, target in (("monitor", self.monitor.run), ("poller", self.poller.run),
-                             ("requeuer", self.requeuer.run), ("acker", self.acker.run)):
+        services = [("monitor", self.monitor.run), ("poller", self.poller.run),
+                    ("requeuer", self.requeuer.run), ("acker", self.acker.run)]
+        if self.periodic is not None:
+            services.append(("periodic", self.periodic.run))
+        for name, target in services:
             greenlet = gevent.spawn(target)
             greenlet.name = f"jiggler.{name}"
             self._services.append(greenlet)
@@ -119,6 +129,13 @@ class Launcher:
             self.hurry.set()
         self.stop_requested.set()
 
+    def _on_command(self, command: str) -> None:
+        """``quiet`` or ``stop`` sent through Redis (the dashboard's buttons)."""
+        if command == "stop":
+            gevent.spawn(self.request_stop)
+        else:
+            self.quiet()
+
     def quiet(self) -> None:
         log.info("quiet: no longer taking new jobs; running jobs continue")
         self.manager.quiet()
@@ -143,6 +160,8 @@ class Launcher:
                  len(self.manager.busy()))
         self.poller.stop()
         self.requeuer.stop()
+        if self.periodic is not None:
+            self.periodic.stop()
         in_time = self.manager.stop(self.config.timeout, self.hurry)
         if not in_time:
             self._hard_stopped = True

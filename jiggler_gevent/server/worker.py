@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 
@@ -45,7 +45,8 @@ class Worker:
 
     def __init__(self, index: int, fetcher: Fetcher, acker: Acker, retrier: Retrier,
                  stats: Stats, default_timeout: Optional[float] = None,
-                 supervisor: Optional[Supervisor] = None) -> None:
+                 supervisor: Optional[Supervisor] = None,
+                 middleware: Optional[Callable[[Any, dict], Any]] = None) -> None:
         self.index = index
         self.fetcher = fetcher
         self.acker = acker
@@ -53,6 +54,7 @@ class Worker:
         self.stats = stats
         self.default_timeout = default_timeout
         self.supervisor = supervisor
+        self.middleware = middleware  # the server chain (middleware.server_chain()), or None
         self.current: Optional[UnitOfWork] = None
         self.current_job: Optional[dict] = None
         self.started_at = 0.0
@@ -130,11 +132,16 @@ class Worker:
         self.in_perform = True
         if supervisor is not None:  # preempts CPU-bound code, enforces the deadline there
             supervisor.enter(seconds)
+        chain = self.middleware  # middleware errors are job failures: the retry path
         try:
             if seconds is None:
-                return instance.perform(*job["args"], **job["kwargs"])
+                if chain is None:
+                    return instance.perform(*job["args"], **job["kwargs"])
+                return chain(instance, job)
             with gevent.Timeout(seconds, JobTimeout(seconds)):  # fires when the job yields
-                return instance.perform(*job["args"], **job["kwargs"])
+                if chain is None:
+                    return instance.perform(*job["args"], **job["kwargs"])
+                return chain(instance, job)
         finally:
             if supervisor is not None:
                 supervisor.leave()

@@ -45,9 +45,12 @@ def test_processes_share_the_work_and_a_dead_one_is_replaced(redis_client, spawn
         jids = jf.Record.enqueue_bulk([[0.02] for _ in range(600)])
         wait_until(lambda: len(ledger.ended()) >= 100, 20, "jobs to start", parent)
         victim = sorted(first)[0]
-        in_flight = sum(1 for j, pid, kind, _ in ledger.entries() if pid == victim and kind == "start"
-                        and j not in ledger.ended())
         os.kill(victim, signal.SIGKILL)
+        time.sleep(0.2)
+        entries = ledger.entries()
+        ended_by_victim = {j for j, pid, kind, _ in entries if pid == victim and kind == "end"}
+        in_flight = len({j for j, pid, kind, _ in entries
+                         if pid == victim and kind == "start" and j not in ended_by_victim})
         wait_until(lambda: len(ledger.ended()) >= len(jids), 40, "every job to end", parent)
         wait_until(lambda: len(child_pids(redis_client) - {victim}) == 3, 20, "a replacement",
                    parent)

@@ -1,0 +1,239 @@
+"""Periodic jobs: schedules declared on a job or in config, and their time math.
+
+Owns :class:`Schedule` (a cron expression or a fixed interval, in a time zone), the
+process-wide list of schedules, and reading back what the workers published. Must
+not import gevent: web processes import it (declarations sit next to the jobs). The
+loop that enqueues the ticks is ``jiggler_gevent.server.periodic``.
+
+Declaring::
+
+    from jiggler_gevent import Job, job
+    from jiggler_gevent.periodic import periodic
+
+    @periodic(every=60)                                   # every minute, on the minute
+    class Cleanup(Job):
+        def perform(self): ...
+
+    @periodic(cron="*/5 * * * *", tz="Europe/Paris")      # needs the `cron` extra (croniter)
+    @job
+    def send_digest(): ...
+
+    jiggler_gevent.periodic.load_config([                 # or in config (Flask/Django settings)
+        {"job": "myapp.jobs.Report", "cron": "0 7 * * 1-5", "tz": "Europe/Paris",
+         "args": ["daily"], "name": "daily-report"},
+    ])
+
+Ticks: an interval schedule ticks at the multiples of ``every`` seconds counted from
+midnight in its time zone (UTC by default), so every process computes the same ticks;
+a cron schedule ticks where its expression matches, read in its time zone (DST as
+croniter handles it; a 6th field gives seconds).
+
+Exactly once, leader-free: for each tick every worker process runs one Lua script
+that enqueues the job only if the tick is later than the last tick recorded for the
+schedule in Redis, and records it, in one atomic step.
+
+Missed ticks (every worker was down): when a worker comes back, the most recent
+missed tick is enqueued once; older missed ticks are skipped, never run as a burst.
+A schedule Redis has never seen (just deployed) starts with its next tick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+
+import ujson
+
+from .errors import ConfigError
+from .payload import check_json_args
+
+try:  # the `cron` extra
+    from croniter import croniter
+except ImportError:  # pragma: no cover - exercised only without the extra
+    croniter = None
+
+try:
+    import zoneinfo
+except ImportError:  # pragma: no cover - Python 3.8 has no zoneinfo
+    zoneinfo = None
+
+__all__ = ["Schedule", "add", "clear", "list_schedules", "load_config", "periodic", "remove",
+           "schedules"]
+
+_schedules: dict[str, Schedule] = {}
+
+
+def _zone(tz: Optional[str]) -> Optional[_dt.tzinfo]:
+    if tz is None:
+        return None
+    if zoneinfo is None:
+        raise ConfigError("time zones need Python 3.9+ (zoneinfo)")
+    try:
+        return zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {tz!r} (install tzdata if the system has none)")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Schedule:
+    """When one job is enqueued: ``every`` seconds or a ``cron`` expression, in ``tz``.
+
+    ``job`` is the registered job name; ``name`` identifies the schedule (its tick
+    record in Redis), by default the job name.
+    """
+
+    job: str
+    every: Optional[float] = None
+    cron: Optional[str] = None
+    tz: Optional[str] = None
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    queue: Optional[str] = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.job)
+        where = f"schedule {self.name!r}"
+        if (self.every is None) == (self.cron is None):
+            raise ConfigError(f"{where}: give exactly one of every= or cron=")
+        if self.every is not None and (type(self.every) not in (int, float)
+                                       or not 0 < self.every < math.inf):
+            raise ConfigError(f"{where}: every must be a positive number of seconds")
+        if self.cron is not None:
+            if croniter is None:
+                raise ConfigError(f"{where}: cron schedules need croniter "
+                                  "(pip install 'jiggler-gevent[cron]')")
+            if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
+                raise ConfigError(f"{where}: {self.cron!r} is not a valid cron expression")
+        object.__setattr__(self, "_zone", _zone(self.tz))
+        try:
+            object.__setattr__(self, "args", tuple(check_json_args(list(self.args))))
+            object.__setattr__(self, "kwargs", check_json_args(dict(self.kwargs), "kwargs"))
+        except Exception as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def _offset(self, when: float) -> float:
+        zone = self._zone
+        if zone is None:
+            return 0.0
+        return _dt.datetime.fromtimestamp(when, zone).utcoffset().total_seconds()
+
+    def _cron(self, when: float):
+        return croniter(self.cron, _dt.datetime.fromtimestamp(when, self._zone or _dt.timezone.utc))
+
+    def latest(self, now: float) -> float:
+        """The most recent tick at or before ``now`` (epoch seconds)."""
+        if self.every is not None:
+            offset = self._offset(now)
+            return math.floor((now + offset) / self.every) * self.every - offset
+        previous = self._cron(now).get_prev(float)  # strictly before now
+        following = self._cron(previous).get_next(float)
+        return following if following <= now else previous
+
+    def next_after(self, now: float) -> float:
+        """The first tick strictly after ``now``."""
+        if self.every is not None:
+            tick = self.latest(now) + self.every
+            return tick if tick > now else tick + self.every
+        return self._cron(now).get_next(float)
+
+    def describe(self) -> dict:
+        """A JSON-able summary (what the workers publish for dashboards)."""
+        out = {"name": self.name, "job": self.job, "args": list(self.args)}
+        for field in ("every", "cron", "tz", "queue"):
+            if getattr(self, field) is not None:
+                out[field] = getattr(self, field)
+        if self.kwargs:
+            out["kwargs"] = self.kwargs
+        return out
+
+
+def _job_name(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    job_class = getattr(target, "job_class", target)
+    name = getattr(job_class, "name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"{target!r} is not a job (a Job class, an @job function or a name)")
+    return name
+
+
+def add(target: Any, *, every: Optional[float] = None, cron: Optional[str] = None,
+        tz: Optional[str] = None, args: Iterable[Any] = (), kwargs: Optional[dict] = None,
+        queue: Optional[str] = None, name: Optional[str] = None) -> Schedule:
+    """Declare a schedule for a job (class, ``@job`` function or registered name).
+    Declaring the same name again replaces the schedule."""
+    schedule = Schedule(job=_job_name(target), every=every, cron=cron, tz=tz, args=tuple(args),
+                        kwargs=dict(kwargs or {}), queue=queue, name=name or "")
+    _schedules[schedule.name] = schedule
+    return schedule
+
+
+def periodic(*, every: Optional[float] = None, cron: Optional[str] = None,
+             tz: Optional[str] = None, args: Iterable[Any] = (), kwargs: Optional[dict] = None,
+             queue: Optional[str] = None, name: Optional[str] = None) -> Callable[[Any], Any]:
+    """Decorator form of :func:`add` for a Job class or an ``@job`` function."""
+
+    def declare(target: Any) -> Any:
+        add(target, every=every, cron=cron, tz=tz, args=args, kwargs=kwargs, queue=queue, name=name)
+        return target
+
+    return declare
+
+
+_CONFIG_KEYS = frozenset({"job", "every", "cron", "tz", "args", "kwargs", "queue", "name"})
+
+
+def load_config(entries: Iterable[dict]) -> list[Schedule]:
+    """Declare schedules from config: dicts with ``job`` (a registered job name),
+    ``every`` or ``cron``, and optional ``tz``, ``args``, ``kwargs``, ``queue``, ``name``."""
+    loaded = []
+    for entry in entries or ():
+        if not isinstance(entry, dict) or "job" not in entry:
+            raise ConfigError(f"periodic entry {entry!r:.80} must be a dict with a 'job' key")
+        unknown = set(entry) - _CONFIG_KEYS
+        if unknown:
+            raise ConfigError(f"periodic entry for {entry['job']!r}: unknown keys {sorted(unknown)}")
+        options = dict(entry)
+        loaded.append(add(options.pop("job"), **options))
+    return loaded
+
+
+def schedules() -> list[Schedule]:
+    """Every declared schedule, in declaration order."""
+    return list(_schedules.values())
+
+
+def remove(name: str) -> None:
+    _schedules.pop(name, None)
+
+
+def clear() -> None:
+    """Forget every schedule (tests use it)."""
+    _schedules.clear()
+
+
+def list_schedules(client: Any, keys: Any, now: float) -> list[dict]:
+    """The schedules the workers published, each with ``next_run`` and ``last_tick``
+    (epoch seconds or None), sorted by next run (for a dashboard or an API)."""
+    published = client.hgetall(keys.periodic_schedules)
+    last = client.hgetall(keys.periodic_last)
+    out = []
+    for raw_name, raw in published.items():
+        info = ujson.loads(raw)
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        try:
+            schedule = Schedule(**info)
+            info["next_run"] = schedule.next_after(now)
+        except (ConfigError, TypeError):
+            info["next_run"] = None  # published by a worker with options this one lacks
+        seen = last.get(raw_name)
+        info["last_tick"] = float(seen) if seen is not None else None
+        info["name"] = name
+        out.append(info)
+    out.sort(key=lambda i: (i["next_run"] is None, i["next_run"] or 0))
+    return out

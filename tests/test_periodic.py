@@ -1,0 +1,197 @@
+"""Periodic jobs: schedule math (intervals, cron, time zones), declarations, and the
+scheduler's single step (``tick_once``) racing from several "processes" at once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+
+import gevent
+import pytest
+import redis
+
+from jiggler_gevent import Job, job, periodic
+from jiggler_gevent.errors import ConfigError
+from jiggler_gevent.keys import Keys
+from jiggler_gevent.server.periodic import PeriodicScheduler, tick_jid
+
+try:
+    import croniter  # noqa: F401
+    HAVE_CRON = True
+except ImportError:
+    HAVE_CRON = False
+needs_cron = pytest.mark.skipif(not HAVE_CRON, reason="croniter (the cron extra) not installed")
+
+KEYS = Keys()
+PARIS = "Europe/Paris"
+
+
+def ts(*fields, tz="UTC") -> float:
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime(*fields, tzinfo=ZoneInfo(tz)).timestamp()
+
+
+class Beat(Job):
+    name = "per.beat"
+
+    def perform(self, *args):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    periodic.clear()
+    yield
+    periodic.clear()
+
+
+# -- schedule math ---------------------------------------------------------------------
+
+
+def test_interval_ticks_are_aligned_multiples():
+    s = periodic.Schedule(job="x", every=60)
+    now = ts(2025, 3, 1, 12, 0, 30)
+    assert s.latest(now) == ts(2025, 3, 1, 12, 0)
+    assert s.next_after(now) == ts(2025, 3, 1, 12, 1)
+    assert s.latest(ts(2025, 3, 1, 12, 1)) == ts(2025, 3, 1, 12, 1)  # on a tick: that tick
+    assert s.next_after(ts(2025, 3, 1, 12, 1)) == ts(2025, 3, 1, 12, 2)
+
+
+def test_interval_is_aligned_to_midnight_in_its_time_zone():
+    s = periodic.Schedule(job="x", every=3600, tz="Asia/Kolkata")  # UTC+5:30
+    assert s.latest(ts(2025, 3, 1, 12, 45)) == ts(2025, 3, 1, 12, 30)
+
+
+@needs_cron
+def test_cron_in_a_time_zone_follows_daylight_saving():
+    s = periodic.Schedule(job="x", cron="0 7 * * *", tz=PARIS)
+    winter, summer = ts(2025, 1, 15, 12, 0), ts(2025, 7, 15, 12, 0)
+    assert s.latest(winter) == ts(2025, 1, 15, 6, 0)  # 07:00 CET
+    assert s.latest(summer) == ts(2025, 7, 15, 5, 0)  # 07:00 CEST
+    assert s.next_after(winter) == ts(2025, 1, 16, 7, 0, tz=PARIS)
+
+
+@needs_cron
+def test_cron_latest_includes_an_exact_tick_and_seconds_field():
+    s = periodic.Schedule(job="x", cron="*/5 * * * *")
+    assert s.latest(ts(2025, 1, 1, 12, 5)) == ts(2025, 1, 1, 12, 5)
+    assert s.latest(ts(2025, 1, 1, 12, 9, 59)) == ts(2025, 1, 1, 12, 5)
+    every_second = periodic.Schedule(job="x", cron="* * * * * *")
+    assert every_second.next_after(ts(2025, 1, 1, 12, 0, 0)) == ts(2025, 1, 1, 12, 0, 1)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, "exactly one"),
+    ({"every": 1, "cron": "* * * * *"}, "exactly one"),
+    ({"every": 0}, "positive"),
+    ({"every": 1, "tz": "Mars/Olympus"}, "unknown time zone"),
+    ({"every": 1, "args": [object()]}, "cannot be sent as JSON"),
+    pytest.param({"cron": "not a cron"}, "not a valid cron", marks=needs_cron),
+])
+def test_bad_schedules_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        periodic.Schedule(job="x", **options)
+
+
+def test_declared_on_a_class_a_function_and_in_config():
+    @periodic.periodic(every=30, args=[1])
+    class Report(Job):
+        name = "per.report"
+
+        def perform(self, n):
+            pass
+
+    @periodic.periodic(every=10, name="fn-every-10")
+    @job(name="per.fn")
+    def fn():
+        pass
+
+    periodic.load_config([{"job": "per.beat", "every": 5, "kwargs": {}, "queue": "low"}])
+    assert [(s.name, s.job, s.every) for s in periodic.schedules()] == [
+        ("per.report", "per.report", 30), ("fn-every-10", "per.fn", 10), ("per.beat", "per.beat", 5)]
+    assert fn.job_class.name == "per.fn"  # the decorator hands the function back
+    with pytest.raises(ConfigError, match="unknown keys"):
+        periodic.load_config([{"job": "per.beat", "every": 5, "at": 3}])
+
+
+# -- the scheduler step ----------------------------------------------------------------
+
+
+def pushed(client) -> list[dict]:
+    out = []
+    for key in client.keys("jiggler:list:*"):
+        out += [json.loads(raw) for raw in client.lrange(key, 0, -1)]
+    return out
+
+
+def make_schedulers(redis_url: str, n: int, schedules) -> list[PeriodicScheduler]:
+    # one client each, like separate processes
+    return [PeriodicScheduler(redis.Redis.from_url(redis_url), KEYS, schedules) for _ in range(n)]
+
+
+def test_each_tick_is_enqueued_exactly_once_by_racing_processes(redis_client, redis_url):
+    schedules = [periodic.Schedule(job="per.beat", every=1, args=("fast",)),
+                 periodic.Schedule(job="per.beat", every=3, name="slow", queue="low")]
+    racers = make_schedulers(redis_url, 6, schedules)
+    start = 1_700_000_000.0
+    for step in range(40):  # 10 s in quarter seconds; each racer's clock a bit off
+        now = start + step * 0.25
+        gevent.joinall([gevent.spawn(r.tick_once, now + i * 0.01) for i, r in enumerate(racers)],
+                       raise_error=True)
+    jobs = pushed(redis_client)
+    per_tick = Counter((j["periodic"], j["periodic_at"]) for j in jobs)
+    assert set(per_tick.values()) == {1}
+    fast = sorted(t for name, t in per_tick if name == "per.beat")
+    assert fast == [start + s for s in range(1, 10)]  # the first tick seen is only recorded
+    slow = sorted(t for name, t in per_tick if name == "slow")
+    assert slow == [1_700_000_001.0 + 3 * k for k in range(3)]  # multiples of 3 s; 1_699_999_998 seen first
+    assert {j["queue"] for j in jobs if j["periodic"] == "slow"} == {"low"}
+    assert all(j["jid"] == tick_jid(j["periodic"], j["periodic_at"]) for j in jobs)
+    assert all(j["args"] == ["fast"] for j in jobs if j["periodic"] == "per.beat")
+
+
+def test_missed_ticks_after_downtime_run_once_for_the_latest(redis_client, redis_url):
+    schedule = periodic.Schedule(job="per.beat", every=60)
+    [before] = make_schedulers(redis_url, 1, [schedule])
+    assert before.tick_once(ts(2025, 1, 1, 10, 0, 5)) == []  # first sight: recorded only
+    assert len(before.tick_once(ts(2025, 1, 1, 10, 1, 5))) == 1
+    # every worker down for an hour; a new process comes back
+    [after] = make_schedulers(redis_url, 1, [schedule])
+    assert len(after.tick_once(ts(2025, 1, 1, 11, 2, 30))) == 1
+    assert after.tick_once(ts(2025, 1, 1, 11, 2, 40)) == []
+    assert [j["periodic_at"] for j in pushed(redis_client)] == [
+        ts(2025, 1, 1, 11, 2), ts(2025, 1, 1, 10, 1)]
+    # a process whose clock is behind cannot enqueue an older tick
+    [late] = make_schedulers(redis_url, 1, [schedule])
+    assert late.tick_once(ts(2025, 1, 1, 10, 30, 0)) == []
+
+
+def test_unknown_job_is_skipped_without_claiming(redis_client, redis_url, caplog):
+    [scheduler] = make_schedulers(redis_url, 1, [periodic.Schedule(job="per.nobody", every=1)])
+    assert scheduler.tick_once(100.5) == [] and scheduler.tick_once(101.5) == []
+    assert redis_client.hgetall(KEYS.periodic_last) == {}
+    assert caplog.text.count("skipped here") == 1  # said once, not every tick
+
+
+def test_published_schedules_list_their_next_run(redis_client, redis_url):
+    schedules = [periodic.Schedule(job="per.beat", every=60, tz=PARIS, args=(1,))]
+    [scheduler] = make_schedulers(redis_url, 1, schedules)
+    scheduler.publish()
+    scheduler.tick_once(ts(2025, 1, 1, 10, 0, 5))
+    [info] = periodic.list_schedules(redis_client, KEYS, ts(2025, 1, 1, 10, 0, 5))
+    assert info["name"] == "per.beat" and info["every"] == 60 and info["tz"] == PARIS
+    assert info["next_run"] == ts(2025, 1, 1, 10, 1) and info["last_tick"] == ts(2025, 1, 1, 10, 0)
+
+
+def test_launcher_runs_the_scheduler_only_when_there_are_schedules(redis_client, redis_url):
+    from jiggler_gevent.config import Config
+    from jiggler_gevent.server.launcher import Launcher
+
+    config = Config(redis_url=redis_url).validate()
+    assert Launcher(config).periodic is None
+    periodic.add(Beat, every=1)
+    launcher = Launcher(config)
+    assert launcher.periodic is not None and launcher.periodic.schedules[0].job == "per.beat"
+    assert 0 < launcher.periodic.seconds_to_next(0.0) <= 1.0
