@@ -150,7 +150,8 @@ class _Mode:
         self._saved: Optional[tuple] = None
 
     def _receive(self, raw: bytes, at: Optional[float]) -> None:
-        raise NotImplementedError
+        """What an enqueue of ``raw`` (due at ``at``, or now) does in this mode."""
+        raise TypeError(f"{type(self).__name__} must define _receive")
 
     def start(self) -> _Mode:
         if self._saved is not None:

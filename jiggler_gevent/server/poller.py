@@ -9,31 +9,29 @@ Must not run or decode jobs (the script sends malformed entries to the dead set)
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Optional
-
-from gevent.event import Event
 
 from ..config import Config
 from ..keys import Keys
 from ..scripts import Scripts
-from .backoff import REDIS_ERRORS, Backoff
+from .loop import IntervalLoop
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 100
 
 
-class Poller:
+class Poller(IntervalLoop):
     """Every ``poll_interval`` (with jitter), move due jobs; :meth:`poll_once` is one pass."""
+
+    what = "poll"
 
     def __init__(self, config: Config, scripts: Scripts, keys: Keys) -> None:
         self.config = config
         self.scripts = scripts
         self.keys = keys
-        self.stopping = False
-        self._wake = Event()
+        super().__init__()
 
     def poll_once(self, now: Optional[float] = None) -> int:
         """Move every job due at ``now`` (default: the current time); returns how many."""
@@ -53,19 +51,8 @@ class Poller:
             log.debug("moved %d due job(s) to their queues", moved)
         return moved
 
-    def run(self) -> None:
-        backoff = Backoff(base=0.5, cap=30.0)
-        while not self.stopping:
-            try:
-                self.poll_once()
-                backoff.reset()
-                delay = self.config.poll_interval * random.uniform(0.5, 1.5)
-            except REDIS_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("poll failed, retrying in %.2fs: %s: %s", delay,
-                            type(exc).__name__, exc)
-            self._wake.wait(delay)
+    def step(self) -> int:
+        return self.poll_once()
 
-    def stop(self) -> None:
-        self.stopping = True
-        self._wake.set()
+    def interval(self) -> float:
+        return self.config.poll_interval

@@ -13,17 +13,15 @@ run jobs, or decode payloads.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import Optional
 
 import redis
-from gevent.event import Event
 
 from ..config import Config
 from ..keys import Keys
 from ..scripts import Scripts
-from .backoff import REDIS_ERRORS, Backoff
+from .loop import IntervalLoop
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +29,10 @@ RECOVERY_COUNTS_TTL_S = 7 * 24 * 3600
 PRUNE_AFTER_TTLS = 10  # registry entries silent for this many heartbeat TTLs are pruned
 
 
-class Requeuer:
+class Requeuer(IntervalLoop):
     """Finds orphaned in-progress lists and recovers them; :meth:`requeue_once` is one pass."""
+
+    what = "orphan check"
 
     def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
                  identity: str) -> None:
@@ -41,8 +41,7 @@ class Requeuer:
         self.scripts = scripts
         self.keys = keys
         self.identity = identity
-        self.stopping = False
-        self._wake = Event()
+        super().__init__()
 
     def requeue_once(self, now: Optional[float] = None) -> tuple[int, int]:
         """Recover every orphaned reservation; returns (jobs moved back, poison pills)."""
@@ -96,19 +95,8 @@ class Requeuer:
             if not self.client.exists(self.keys.process(identity.decode())):
                 self.client.zrem(self.keys.processes, identity)
 
-    def run(self) -> None:
-        backoff = Backoff(base=0.5, cap=30.0)
-        while not self.stopping:
-            try:
-                self.requeue_once()
-                backoff.reset()
-                delay = self.config.requeue_interval * random.uniform(0.5, 1.5)
-            except REDIS_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("orphan check failed, retrying in %.2fs: %s: %s", delay,
-                            type(exc).__name__, exc)
-            self._wake.wait(delay)
+    def step(self) -> tuple[int, int]:
+        return self.requeue_once()
 
-    def stop(self) -> None:
-        self.stopping = True
-        self._wake.set()
+    def interval(self) -> float:
+        return self.config.requeue_interval
