@@ -16,6 +16,25 @@ if str(CONTRIB_DIR) not in sys.path:
     sys.path.insert(0, str(CONTRIB_DIR))
 
 
+@pytest.fixture(scope="session")
+def django_setup(tmp_path_factory, redis_server):
+    """Django set up in this process once (it reads its settings once per process), on a
+    fresh sqlite file with the tables made; the worker subprocesses get the same env."""
+    import os
+
+    import django
+    from django.core.management import call_command
+
+    db = tmp_path_factory.mktemp("dj") / "db.sqlite3"
+    os.environ["DJPROJECT_DB"] = str(db)
+    os.environ["DJPROJECT_REDIS_URL"] = redis_server.url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "djproject.settings"
+    django.setup()
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    return {"DJPROJECT_DB": str(db), "DJPROJECT_REDIS_URL": redis_server.url,
+            "DJANGO_SETTINGS_MODULE": "djproject.settings"}
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_middleware():
     yield

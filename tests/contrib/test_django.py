@@ -19,19 +19,9 @@ MANAGE = CONTRIB_DIR / "manage.py"
 
 
 @pytest.fixture(scope="module")
-def django_project(tmp_path_factory, redis_server):
-    """Django set up in this process on a fresh sqlite file, tables made."""
-    import django
-    from django.core.management import call_command
-
-    db = tmp_path_factory.mktemp("dj") / "db.sqlite3"
-    os.environ["DJPROJECT_DB"] = str(db)
-    os.environ["DJPROJECT_REDIS_URL"] = redis_server.url
-    os.environ["DJANGO_SETTINGS_MODULE"] = "djproject.settings"
-    django.setup()
-    call_command("migrate", run_syncdb=True, verbosity=0)
-    return {"DJPROJECT_DB": str(db), "DJPROJECT_REDIS_URL": redis_server.url,
-            "DJANGO_SETTINGS_MODULE": "djproject.settings"}
+def django_project(django_setup):
+    """Django set up in this process (once per session: see conftest.py)."""
+    return django_setup
 
 
 def _db_fds(pid: int, db: str) -> int:
