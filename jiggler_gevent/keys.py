@@ -49,6 +49,10 @@ class Keys:
         """The pending list of queue ``name``."""
         return self.queue_prefix + name
 
+    def quarantine(self, queue: str) -> str:
+        """Jobs of ``queue`` recovered from crashes more than once: each runs alone."""
+        return f"{self.queue_prefix}{queue}:quarantine"
+
     def in_progress(self, queue: str, identity: str) -> str:
         """The at-least-once reservation list of process ``identity`` for ``queue``."""
         return f"{self.queue_prefix}{queue}:in_progress:{identity}"

@@ -1,11 +1,13 @@
 -- Recover the reservations of a worker process that is gone: move every job in its
--- in-progress list back to the head of its queue, oldest first in line, unless the
--- job has been recovered more than ARGV[1] times already (a poison pill that kills its
--- process): that one goes to the dead set, its bytes kept in "raw".
+-- in-progress list back to the head of its queue, oldest first in line. A job recovered
+-- for the second time or more is a suspect: it goes to the queue's quarantine list
+-- (KEYS[8]), whose jobs a worker process runs alone, so that a crash then blames the
+-- job that caused it. A job recovered more than ARGV[1] times (a poison pill that kills
+-- its process even alone) goes to the dead set, its bytes kept in "raw".
 -- KEYS[1] the in-progress list, KEYS[2] its queue, KEYS[3] the owner's heartbeat hash,
 -- KEYS[4] the reservations hash, KEYS[5] the prefix of the per-job recovery counters
 -- (<prefix><sha1 of the payload>, each expiring on its own), KEYS[6] the dead set,
--- KEYS[7] the process registry.
+-- KEYS[7] the process registry, KEYS[8] the queue's quarantine list.
 -- ARGV[1] max recoveries, ARGV[2] now, ARGV[3] the owner's identity, ARGV[4] TTL of the
 -- recovery counts, ARGV[5] dead set size cap, ARGV[6] oldest dead score kept.
 -- The owner's heartbeat is checked here, atomically: a live process is never touched,
@@ -39,6 +41,9 @@ while true do
     redis.call("ZREMRANGEBYRANK", KEYS[6], 0, -(tonumber(ARGV[5]) + 1))
     redis.call("DEL", counter)
     buried = buried + 1
+  elseif count >= 2 then
+    redis.call("RPUSH", KEYS[8], job)
+    moved = moved + 1
   else
     redis.call("RPUSH", KEYS[2], job)
     moved = moved + 1

@@ -84,6 +84,10 @@ class Fetcher:
         self._backoff = Backoff()
         self._reply_lost = False  # a move may have happened without us seeing its reply
         self.held: set[UnitOfWork] = set()  # reserved and not yet acknowledged in Redis
+        self.concurrency = config.concurrency
+        self.quarantine_pending = False  # a suspect waits: drain, then run it alone
+        self.isolating: Optional[UnitOfWork] = None  # the suspect running alone
+        self._resume = Event()
         self.pending_acks: list[UnitOfWork] = []  # filled by the acker, sent with a fetch
 
     @property
@@ -103,12 +107,55 @@ class Fetcher:
                     return self._buffer.popleft()
                 if self.stopping:
                     return None
+                if self.isolating is not None or self.quarantine_pending:
+                    if self._all_idle() and self.isolating is None and self._round is None:
+                        unit = self._take_suspect()
+                        if unit is not None:
+                            return unit
+                        continue
+                    self._resume.wait(self.config.fetch_timeout)  # a suspect runs alone
+                    return None
                 current = self._round
                 if current is None:
                     return self._lead_round()
                 current.wait()
         finally:
             self._waiting -= 1
+
+    # suspects: jobs recovered from more than one crash run alone ----------------------
+
+    def quarantine_waiting(self) -> None:
+        """Called when a suspect waits in one of our queues' quarantine lists."""
+        if self.reliable:
+            self.quarantine_pending = True
+
+    def _all_idle(self) -> bool:
+        return self._waiting >= self.concurrency and not self.held
+
+    def _take_suspect(self) -> Optional[UnitOfWork]:
+        """Reserve one quarantined job to run with nothing else beside it."""
+        try:
+            for name, _, queue_key, reserved_key in self._queues:
+                raw = self.client.lmove(self.keys.quarantine(name), reserved_key, "RIGHT", "LEFT")
+                if raw is not None:
+                    unit = UnitOfWork(name, queue_key, reserved_key, raw)
+                    self.held.add(unit)
+                    self.isolating = unit
+                    self.quarantine_pending = False  # the requeuer flags the next one
+                    log.warning("running a job recovered from more than one crash alone "
+                                "(queue %s)", name)
+                    return unit
+        except REDIS_ERRORS as exc:
+            log.warning("could not take a quarantined job: %s", exc)
+            gevent.sleep(self._backoff.next_delay())
+            return None
+        self.quarantine_pending = False
+        self._wake_waiters()
+        return None
+
+    def _wake_waiters(self) -> None:
+        resume, self._resume = self._resume, Event()
+        resume.set()
 
     def _lead_round(self) -> Optional[UnitOfWork]:
         self._round = done = Event()
@@ -218,7 +265,11 @@ class Fetcher:
 
     def release(self, units: collections.abc.Iterable[UnitOfWork]) -> None:
         """Forget units whose ack (or push back) has reached Redis."""
+        units = list(units)
         self.held.difference_update(units)
+        if self.isolating is not None and self.isolating in units:
+            self.isolating = None  # the requeuer flags the next suspect, if any
+            self._wake_waiters()
 
     def take_buffered(self) -> list[UnitOfWork]:
         """Reserved jobs no worker has taken yet (emptied)."""

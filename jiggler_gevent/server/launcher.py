@@ -76,7 +76,8 @@ class Launcher:
                                reservation_keys=self.fetcher.reservation_keys,
                                on_command=self._on_command)
         self.poller = Poller(config, self.scripts, self.keys)
-        self.requeuer = Requeuer(config, self.client, self.scripts, self.keys, self.identity)
+        self.requeuer = Requeuer(config, self.client, self.scripts, self.keys, self.identity,
+                                 on_quarantine=self.fetcher.quarantine_waiting)
         self.supervisor = Supervisor(config.watchdog_threshold) \
             if config.watchdog_threshold and supported() else None
         self.server_middleware = middleware.server_chain()  # fixed from here on

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import redis
 
-from ..config import Config
+from ..config import AT_LEAST_ONCE, Config
 from ..keys import Keys
 from ..scripts import Scripts
 from .loop import IntervalLoop
@@ -35,12 +35,14 @@ class Requeuer(IntervalLoop):
     what = "orphan check"
 
     def __init__(self, config: Config, client: redis.Redis, scripts: Scripts, keys: Keys,
-                 identity: str) -> None:
+                 identity: str, on_quarantine: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.client = client
         self.scripts = scripts
         self.keys = keys
         self.identity = identity
+        self.on_quarantine = on_quarantine  # suspects wait in a queue of ours: run them alone
+        self.queues = config.queue_names if config.mode == AT_LEAST_ONCE else []
         super().__init__()
 
     def requeue_once(self, now: Optional[float] = None) -> tuple[int, int]:
@@ -66,7 +68,7 @@ class Requeuer(IntervalLoop):
             result = self.scripts.recover(
                 keys=[key, self.keys.queue(queue), self.keys.process(owner),
                       self.keys.reservations, self.keys.recoveries, self.keys.dead,
-                      self.keys.processes],
+                      self.keys.processes, self.keys.quarantine(queue)],
                 args=[self.config.max_recoveries, repr(now), owner, RECOVERY_COUNTS_TTL_S,
                       self.config.max_dead_jobs, repr(now - self.config.dead_timeout)],
             )
@@ -79,6 +81,12 @@ class Requeuer(IntervalLoop):
                             "(%d poison pill(s) to the dead set)", int(result[0]), owner, queue,
                             int(result[1]))
         self._prune_registry(now)
+        if self.queues:
+            with self.client.pipeline(transaction=False) as pipe:
+                for queue in self.queues:
+                    pipe.exists(self.keys.quarantine(queue))
+                if any(pipe.execute()):
+                    self.on_quarantine()
         return moved, buried
 
     def _queue_of(self, key: str, owner: str) -> Optional[str]:

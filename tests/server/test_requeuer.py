@@ -76,7 +76,11 @@ def test_a_job_recovered_too_often_is_a_poison_pill(redis_client, make_launcher)
     (jid,) = jobs.Ok.enqueue_bulk([["killer"]])
     for crash in range(3):
         victim = make_launcher(concurrency=1, max_recoveries=2)
+        if crash == 2:  # recovered twice: a suspect, quarantined, taken to run alone
+            assert redis_client.llen(KEYS.quarantine("default")) == 1
+            victim.fetcher.quarantine_waiting()
         (unit,) = reserve(victim, 1)
+        assert victim.fetcher.isolating is (unit if crash == 2 else None)
         die(redis_client, victim)
         moved, buried = make_launcher(max_recoveries=2).requeuer.requeue_once()
         assert (moved, buried) == ((1, 0) if crash < 2 else (0, 1))
@@ -85,6 +89,25 @@ def test_a_job_recovered_too_often_is_a_poison_pill(redis_client, make_launcher)
     assert entry["error_class"] == "PoisonPill" and entry["jid"] == jid
     assert json.loads(entry["raw"])["jid"] == jid, "the payload is kept as it was"
     assert redis_client.llen(KEYS.queue("default")) == 0
+
+
+def test_a_suspect_runs_alone_and_the_others_wait(redis_client, make_launcher):
+    jobs.Ok.enqueue_bulk([[i] for i in range(3)])
+    suspect = b'{"name": "srv.ok", "args": ["suspect"], "jid": "s1", "queue": "default"}'
+    redis_client.rpush(KEYS.quarantine("default"), suspect)
+    launcher = make_launcher(concurrency=2)
+    launcher.requeuer.requeue_once()
+    assert launcher.fetcher.quarantine_pending
+    first = gevent.spawn(launcher.fetcher.fetch)
+    second = gevent.spawn(launcher.fetcher.fetch)
+    gevent.joinall([first, second], timeout=5)
+    taken = [g.value for g in (first, second) if g.value is not None]
+    assert [u.raw for u in taken] == [suspect], "the suspect alone, nothing beside it"
+    assert launcher.fetcher.fetch() is None, "nothing else while the suspect runs"
+    launcher.acker.ack(taken[0])
+    launcher.acker.flush()
+    assert launcher.fetcher.isolating is None
+    assert launcher.fetcher.fetch() is not None, "normal fetching resumes after its ack"
 
 
 def test_a_frozen_process_that_wakes_up_deletes_nothing_it_no_longer_owns(
