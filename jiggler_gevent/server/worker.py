@@ -35,6 +35,9 @@ from .supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
+HUB_TURN_AFTER_S = 0.002  # a job this long without one hub poll ...
+HUB_TURN_S = 0.0005  # ... is followed by a timed sleep (sleep(0) does not poll)
+
 
 class BadArguments(TypeError):
     """The payload's args/kwargs do not fit the job's ``perform`` signature."""
@@ -65,9 +68,20 @@ class Worker:
         return f"jiggler.worker-{self.index}"
 
     def run(self) -> None:
-        """Process jobs until the fetcher stops; Redis errors never end the loop."""
+        """Process jobs until the fetcher stops; Redis errors never end the loop.
+
+        When Redis's reply is already in the socket, gevent's reads return without
+        switching to the hub, so a worker with CPU-bound jobs could run job after job
+        while heartbeats and timers wait. After a job that took a while without the hub
+        polling even once, the worker gives the hub a real turn.
+        """
+        loop = gevent.get_hub().loop
         while not self.fetcher.stopping:
+            polls, started = getattr(loop, "iteration", None), time.monotonic()
             self.process_one()
+            if getattr(loop, "iteration", None) == polls and \
+                    time.monotonic() - started > HUB_TURN_AFTER_S:
+                gevent.sleep(HUB_TURN_S)
 
     def process_one(self) -> bool:
         """Fetch one job (waiting up to the fetch timeout) and process it.
