@@ -126,6 +126,12 @@ def make_client(
     return redis.Redis(connection_pool=pool)
 
 
+def is_cluster(client: object) -> bool:
+    """True for a Redis Cluster client: a script or MULTI may then touch one slot only."""
+    cluster = getattr(redis, "cluster", None)
+    return cluster is not None and isinstance(client, cluster.RedisCluster)
+
+
 def _query_of(url: str) -> list[tuple[str, str]]:
     # redis-py's parse_url splits off the query the same way (urlparse: at the first '?')
     rest = url.partition("://")[2].split("#", 1)[0]
