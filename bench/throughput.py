@@ -75,7 +75,7 @@ import jiggler_gevent
 from jiggler_gevent import connection
 from jiggler_gevent import payload as _payload
 from jiggler_gevent.devserver import LocalServer
-from jiggler_gevent.job import Enqueuer
+from jiggler_gevent.job import Enqueuer, forget_registered_queues
 from jiggler_gevent.keys import DEFAULT_QUEUE, Keys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -276,7 +276,7 @@ class Bench:
         self.plan = plan
         self.keys = Keys(namespace)
         self.queue_key = self.keys.queue(DEFAULT_QUEUE)
-        self.latency_key = self.keys.root + "bench:latency"
+        self.latency_key = self.keys.tag + ":bench:latency"  # in the global slot
         self.client = redis.Redis.from_url(url)
         self.children: list[Proc] = []
         self.problems: list[str] = []
@@ -293,11 +293,14 @@ class Bench:
         return os.path.join(self.log_dir, f"{self.runs:03d}-{name}.log")
 
     def reset(self) -> None:
-        """An empty keyspace for the next scenario (only our keys on a shared server)."""
+        """An empty keyspace for the next scenario (only our keys on a shared server).
+        Enqueues register their queue again afterwards, as after any FLUSHDB."""
+        forget_registered_queues()
         if self.own_server:
             self.client.flushdb()
             return
-        batch = list(self.client.scan_iter(match=self.keys.root + "*", count=1000))
+        batch = [key for pattern in self.keys.all_key_patterns()
+                 for key in self.client.scan_iter(match=pattern, count=1000)]
         for start in range(0, len(batch), 1000):
             self.client.delete(*batch[start:start + 1000])
 

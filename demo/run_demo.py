@@ -198,9 +198,9 @@ State = collections.namedtuple("State", "succeeded dead queued retrying")
 def read_state(client: redis.Redis) -> State:
     with client.pipeline(transaction=False) as pipe:
         pipe.llen(demo_jobs.RESULTS_KEY)
-        pipe.zcard(KEYS.dead)
+        pipe.zcard(KEYS.dead(QUEUE))
         pipe.llen(KEYS.queue(QUEUE))
-        pipe.zcard(KEYS.retries)
+        pipe.zcard(KEYS.retries(QUEUE))
         return State(*pipe.execute())
 
 
@@ -233,7 +233,9 @@ class Progress:
 # the demo ---------------------------------------------------------------------------------
 
 def clear_namespace(client: redis.Redis) -> None:
-    keys = list(client.scan_iter(match=f"{demo_jobs.NAMESPACE}:*", count=1000))
+    """The demo's results list and every key of its namespace (both slot kinds)."""
+    patterns = (f"{demo_jobs.NAMESPACE}:*", *KEYS.all_key_patterns())
+    keys = [key for pattern in patterns for key in client.scan_iter(match=pattern, count=1000)]
     for start in range(0, len(keys), 500):
         client.delete(*keys[start:start + 500])
 
@@ -344,7 +346,7 @@ def check_outcome(client: redis.Redis, urls: list, dead_ids: list, http: PageSer
     """What is wrong with the final state of Redis (an empty list when all is well)."""
     problems = []
     results = [r.decode().split(" ", 1)[0] for r in client.lrange(demo_jobs.RESULTS_KEY, 0, -1)]
-    dead = [json.loads(m) for m in client.zrange(KEYS.dead, 0, -1)]
+    dead = [json.loads(m) for m in client.zrange(KEYS.dead(QUEUE), 0, -1)]
     dead_urls = [entry.get("args", [None])[0] for entry in dead]
     expected_dead = {urls[i] for i in dead_ids}
     if len(set(results)) != len(results):
@@ -357,7 +359,9 @@ def check_outcome(client: redis.Redis, urls: list, dead_ids: list, http: PageSer
     bad_attempts = [e.get("jid") for e in dead if e.get("attempt") != demo_jobs.FetchPage.retries + 1]
     if bad_attempts:
         problems.append(f"{len(bad_attempts)} dead job(s) with an unexpected attempt count")
-    leftovers = [k.decode() for k in client.scan_iter(match=f"{KEYS.queue_prefix}*", count=1000)]
+    queue = KEYS.queue_keys(QUEUE)
+    leftovers = [k.decode() for k in client.scan_iter(match=queue.in_progress("*"), count=1000)]
+    leftovers += [key for key in (queue.pending, queue.quarantine) if client.exists(key)]
     if leftovers:
         problems.append(f"keys left behind after the worker stopped: {sorted(leftovers)[:3]}")
     processed = int(client.get(KEYS.processed) or 0)

@@ -48,6 +48,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="key namespace of the workers (env JIGGLER_NAMESPACE)")
 
 
+def _queue_filter(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--queue", metavar="NAME", default=None,
+                        help=f"only the {what} of this queue (default: every queue's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jiggler-gevent", description="jiggler-gevent admin commands")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -58,13 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     group = cmd.add_mutually_exclusive_group(required=True)
     group.add_argument("--all", action="store_true", help="every dead job")
     group.add_argument("jids", nargs="*", default=[], metavar="JID")
+    _queue_filter(cmd, "dead set")
     cmd = sub.add_parser("retry", help="run jobs of the retry set now")
     group = cmd.add_mutually_exclusive_group(required=True)
     group.add_argument("--all", action="store_true", help="every job of the retry set")
     group.add_argument("jids", nargs="*", default=[], metavar="JID")
+    _queue_filter(cmd, "retry set")
     for name, what in (("delete-dead", "the dead set"), ("delete-retries", "the retry set")):
         cmd = sub.add_parser(name, help=f"empty {what}")
         cmd.add_argument("--yes", action="store_true", help="do not ask")
+        _queue_filter(cmd, what.split(" ", 1)[1])
     cmd = sub.add_parser("kill", help="move jobs of the retry or scheduled set to the dead set")
     cmd.add_argument("jids", nargs="+", metavar="JID")
     cmd = sub.add_parser("clear-queue", help="delete every pending job of a queue")
@@ -125,7 +133,7 @@ def _print_stats(api: _api.Api, as_json: bool, days: int) -> None:
     print()
     queues = summary["queues"]
     rows = [[_printable(q["name"]), str(q["size"]), f"{q['latency']:.1f}s"] for q in queues]
-    print(_table(rows, ["queue", "size", "latency"]) if rows else "no queues with jobs")
+    print(_table(rows, ["queue", "size", "latency"]) if rows else "no queues")
     print()
     rows = [[_printable(p["identity"]), _printable(p.get("hostname", "")), p.get("pid", ""),
              f"{p.get('busy', '')}/{p.get('concurrency', '')}", _printable(p.get("queues", "")),
@@ -150,16 +158,21 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _where(name: str, queue: Optional[str]) -> str:
+    return name if queue is None else f"{name} of queue {_printable(queue)}"
+
+
 def _retry(api: _api.Api, args: argparse.Namespace, name: str) -> int:
+    where = _where(name, args.queue)
     if args.all:
-        moved, skipped = api.retry_all(name)
-        print(f"moved {moved} job(s) from {name} to their queues"
+        moved, skipped = api.retry_all(name, queue=args.queue)
+        print(f"moved {moved} job(s) from {where} to their queues"
               + (f"; {skipped} entr(ies) are not runnable jobs and stayed" if skipped else ""))
         return 0
-    moved, missing = api.retry_jids(name, args.jids)
-    print(f"moved {moved} job(s) from {name} to their queues")
+    moved, missing = api.retry_jids(name, args.jids, queue=args.queue)
+    print(f"moved {moved} job(s) from {where} to their queues")
     if missing:
-        print(f"not found in {name}: {', '.join(_printable(j) for j in missing)}", file=sys.stderr)
+        print(f"not found in {where}: {', '.join(_printable(j) for j in missing)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 
@@ -172,7 +185,7 @@ def _kill(api: _api.Api, args: argparse.Namespace) -> int:
             missing.append(jid)
             continue
         api.kill(entry.where, entry.ref)
-        print(f"killed {_printable(jid)} (was in {entry.where})")
+        print(f"killed {_printable(jid)} (was in {_where(entry.where, entry.queue_name)})")
     if missing:
         print(f"not in the retry or scheduled set: {', '.join(_printable(j) for j in missing)}",
               file=sys.stderr)
@@ -181,9 +194,10 @@ def _kill(api: _api.Api, args: argparse.Namespace) -> int:
 
 
 def _delete_set(api: _api.Api, args: argparse.Namespace, name: str) -> int:
-    if not _confirm(args, f"delete every entry of the {name} set"):
+    where = f"the {name} set" + ("" if args.queue is None else f" of queue {_printable(args.queue)}")
+    if not _confirm(args, f"delete every entry of {where}"):
         return EXIT_ERROR
-    print(f"deleted {api.delete_all(name)} entr(ies) of the {name} set")
+    print(f"deleted {api.delete_all(name, queue=args.queue)} entr(ies) of {where}")
     return 0
 
 
@@ -212,9 +226,10 @@ def _clean(api: _api.Api, args: argparse.Namespace) -> int:
             return EXIT_ERROR
         print(f"deleted {cleaner.prune_all_queues()} job(s)")
     else:
-        if not _confirm(args, f"delete every key under {api.keys.root}*"):
+        patterns = " and ".join(cleaner.patterns())
+        if not _confirm(args, f"delete every key matching {patterns}"):
             return EXIT_ERROR
-        print(f"deleted {cleaner.prune_all()} key(s) under {api.keys.root}*")
+        print(f"deleted {cleaner.prune_all()} key(s) matching {patterns}")
     return 0
 
 

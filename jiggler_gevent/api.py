@@ -10,23 +10,34 @@ queue, quiet/stop a process (a command list its heartbeat reads), and the
 Nothing stored is trusted: members may be non-UTF-8, not JSON, or JSON of the wrong
 shape. They are shown as :class:`Entry` objects whose fields are plain str/float/None
 values, and every listing is bounded. An entry is addressed by its *ref*,
-``<score>_<sha1 of the member>`` for set entries (exact, even for duplicate or missing
-jids) and ``<sha1>`` for queue entries.
+``<queue>:<score>:<sha1 of the member>`` for set entries (exact, even for duplicate or
+missing jids) and ``<sha1>`` for queue entries.
+
+The scheduled, retry and dead "sets" are one sorted set per queue (each in its queue's
+cluster slot). The queues are the members of the queue registry (``keys.queues``) and
+the queues live worker processes listen on. A listing of a set merges the queues' sorted
+sets by score (ties by queue name, then bytes), so its pages read as one set; counts
+are the sums of the ZCARDs. Every action touches one queue's keys, except a dead entry
+retried to another queue than its own (see :meth:`Api.retry_now`). Works on a Redis
+Cluster client too: every script and MULTI stays in one slot, SCAN visits every primary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import re
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
 import redis
 import ujson
 
-from .keys import Keys, valid_queue_name
+from .connection import is_cluster
+from .keys import DEFAULT_QUEUE, Keys, valid_queue_name
 from .scripts import Scripts
 
 SET_NAMES = ("retries", "scheduled", "dead")
@@ -38,7 +49,8 @@ HISTORY_MAX_DAYS = 400
 QUEUE_DELETE_SEARCH_LIMIT = 100_000
 SIGNALS_TTL_S = 600
 PROCESS_COMMANDS = ("quiet", "stop")
-_REF_RE = re.compile(r"\A(-?(?:[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?|inf))_([0-9a-f]{40})\Z")
+_REF_RE = re.compile(r"\A([A-Za-z0-9_.\-]{1,128}):(-?(?:[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?|inf))"
+                     r":([0-9a-f]{40})\Z")
 _DIGEST_RE = re.compile(r"\A[0-9a-f]{40}\Z")
 _GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")
 
@@ -52,7 +64,7 @@ class NotFound(AdminError, LookupError):
 
 
 def signals_key(keys: Keys, identity: str) -> str:
-    """``jiggler:process:<identity>:signals``: a list of commands (``quiet``, ``stop``)
+    """``{jiggler}:process:<identity>:signals``: a list of commands (``quiet``, ``stop``)
     for one worker process. The admin API ``LPUSH``es; the process's heartbeat pops
     from the right each beat and acts as on TSTP (quiet) or TERM (stop)."""
     return keys.signals(identity)
@@ -110,7 +122,7 @@ class Entry:
     raw: bytes
     where: str  # "retries", "scheduled", "dead" or "queue"
     score: Optional[float] = None
-    queue_name: Optional[str] = None  # for queue entries: the list it is in
+    queue_name: Optional[str] = None  # the queue whose list or sorted set holds it
     job: Optional[dict] = None  # the decoded object, None when the bytes are not one
     problem: Optional[str] = None  # why it is not a job object
 
@@ -136,10 +148,11 @@ class Entry:
 
     @property
     def ref(self) -> str:
-        """How to address this entry in an action."""
+        """How to address this entry in an action: ``<queue>:<score>:<sha1>`` in a set,
+        ``<sha1>`` in a queue's list (the queue is given with it)."""
         if self.score is None:
             return digest(self.raw)
-        return f"{score_text(self.score)}_{digest(self.raw)}"
+        return f"{self.queue_name}:{score_text(self.score)}:{digest(self.raw)}"
 
     @property
     def jid(self) -> str:
@@ -192,19 +205,27 @@ class Entry:
 
     @property
     def runnable_queue(self) -> Optional[str]:
-        """The queue a retry-now sends it to, or None when it is not a runnable job."""
+        """The queue a retry-now sends it to, or None when it is not a runnable job.
+
+        A scheduled or retry entry goes to the queue whose set holds it (as the poller
+        would move it: a retry already sits in its ``retry_queue``'s set). A dead entry
+        goes to the queue named in the job, else to the queue whose dead set holds it.
+        """
         if not self.job or not isinstance(self.field("name"), str) or not self.field("name"):
             return None
-        queue = self.field("queue")
-        if self.where == "retries" and self.field("retry_queue"):
-            queue = self.field("retry_queue")
-        queue = "default" if queue is None else queue
+        if self.where in ("retries", "scheduled"):
+            queue = self.queue_name
+        else:
+            queue = self.field("queue")
+            if queue is None:
+                queue = self.queue_name or DEFAULT_QUEUE
         return queue if valid_queue_name(queue) else None
 
     def as_dict(self) -> dict:
         """A JSON-safe summary (for ``--json`` and the JSON endpoints)."""
         return {
-            "ref": self.ref, "where": self.where, "score": self.score, "jid": self.jid,
+            "ref": self.ref, "where": self.where, "in_queue": self.queue_name,
+            "score": self.score, "jid": self.jid,
             "name": self.name, "queue": self.queue, "args": self.args_text,
             "kwargs": self.kwargs_text, "error_class": self.error_class,
             "error_message": self.error_message, "attempt": self.attempt,
@@ -218,12 +239,13 @@ def score_text(score: float) -> str:
     return text[:-2] if text.endswith(".0") and "e" not in text else text
 
 
-def parse_ref(ref: str) -> tuple[float, str]:
-    """``<score>_<sha1>`` -> (score, sha1); raises :class:`NotFound` for anything else."""
-    match = _REF_RE.match(ref or "")
+def parse_ref(ref: str) -> tuple[str, float, str]:
+    """``<queue>:<score>:<sha1>`` -> (queue, score, sha1); raises :class:`NotFound` for
+    anything else."""
+    match = _REF_RE.match(ref if isinstance(ref, str) else "")
     if not match:
-        raise NotFound(f"no such entry {ref[:100]!r}")
-    return float(match.group(1)), match.group(2)
+        raise NotFound(f"no such entry {_text(ref)[:100]!r}")
+    return match.group(1), float(match.group(2)), match.group(3)
 
 
 @dataclasses.dataclass
@@ -234,6 +256,8 @@ class Page:
     total: int
     page: int
     count: int
+    queue: Optional[str] = None  # the queue a set listing was narrowed to
+    by_queue: dict = dataclasses.field(default_factory=dict)  # set listings: queue -> size
 
     @property
     def pages(self) -> int:
@@ -271,12 +295,14 @@ class ProcessInfo:
 class Api:
     """Reads and admin actions over one Redis client and namespace.
 
-    ``client`` is a redis-py client (bytes replies; ``decode_responses`` must be off).
+    ``client`` is a redis-py client, ``redis.Redis`` or ``redis.cluster.RedisCluster``
+    (bytes replies; ``decode_responses`` must be off).
     """
 
     def __init__(self, client: redis.Redis, namespace: str = "") -> None:
         self.client = client
         self.keys = Keys(namespace)
+        self.cluster = is_cluster(client)
         self._scripts: Optional[Scripts] = None
 
     @property
@@ -288,36 +314,51 @@ class Api:
     # -- reads ---------------------------------------------------------------------------
 
     def scan(self, pattern: str) -> Iterator[str]:
-        """Every key matching ``pattern`` (SCAN to cursor 0, not to the first empty page)."""
-        cursor = 0
-        while True:
-            cursor, batch = self.client.scan(cursor, match=pattern, count=SCAN_COUNT)
-            for key in batch:
-                yield _text(key)
-            if int(cursor) == 0:
-                return
+        """Every key matching ``pattern``: SCAN to cursor 0 (not to the first empty page),
+        on every primary of a cluster."""
+        for key in self.client.scan_iter(match=pattern, count=SCAN_COUNT):
+            yield _text(key)
 
     def queue_names(self) -> list[str]:
-        """Names of the queues that have pending jobs, sorted."""
-        prefix = _GLOB_SPECIALS.sub(r"\\\1", self.keys.queue_prefix)
-        names = {self.keys.queue_name(key) for key in self.scan(prefix + "*")}
-        names.discard(None)
-        return sorted(names)
+        """Every known queue, sorted: the queue registry plus the queues live worker
+        processes listen on (a registry emptied by hand fills again with their next
+        heartbeat; until then they are still found)."""
+        names = {_text(name) for name in self.client.smembers(self.keys.queues)}
+        names.update(self._process_queues())
+        return sorted(name for name in names if valid_queue_name(name))
+
+    def _process_queues(self) -> set[str]:
+        identities = [_text(i) for i in self.client.zrevrange(self.keys.processes, 0, 999)]
+        if not identities:
+            return set()
+        with self.client.pipeline(transaction=False) as pipe:
+            for identity in identities:
+                pipe.hget(self.keys.process(identity), "queues")
+            replies = pipe.execute()
+        names: set[str] = set()
+        for text in replies:
+            for item in _text(text).split(",")[:1000]:  # "critical:6,default:3"
+                names.add(item.strip().partition(":")[0])
+        return names
 
     def queues(self, now: Optional[float] = None) -> list[QueueInfo]:
-        """Every queue with its size and latency (age of its oldest job)."""
+        """Every known queue with its size and latency (age of its oldest job)."""
         now = time.time() if now is None else now
         names = self.queue_names()
-        with self.client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.llen(self.keys.queue(name))
-                pipe.lindex(self.keys.queue(name), -1)  # the right end runs next
-            replies = pipe.execute()
+        replies = self._pipelined(lambda pipe: [
+            (pipe.llen(self.keys.queue(name)), pipe.lindex(self.keys.queue(name), -1))
+            for name in names])  # the right end runs next
         out = []
         for i, name in enumerate(names):
             size, oldest = replies[2 * i], replies[2 * i + 1]
             out.append(QueueInfo(name, int(size or 0), _latency(oldest, now)))
         return out
+
+    def _pipelined(self, add: Any) -> list:
+        """Replies of the commands ``add(pipe)`` queues on a non-transactional pipeline."""
+        with self.client.pipeline(transaction=False) as pipe:
+            add(pipe)
+            return pipe.execute()
 
     def processes(self) -> list[ProcessInfo]:
         """Registered worker processes with a live heartbeat, most recent beat first."""
@@ -337,23 +378,27 @@ class Api:
     def totals(self) -> dict:
         """processed, failed, enqueued, retries, scheduled, dead, busy, processes."""
         queues = self.queue_names()
-        with self.client.pipeline(transaction=False) as pipe:
+
+        def add(pipe: Any) -> None:
             pipe.get(self.keys.processed)
             pipe.get(self.keys.failures)
-            pipe.zcard(self.keys.retries)
-            pipe.zcard(self.keys.scheduled)
-            pipe.zcard(self.keys.dead)
             for name in queues:
-                pipe.llen(self.keys.queue(name))
-            replies = pipe.execute()
+                keys = self.keys.queue_keys(name)
+                pipe.llen(keys.pending)
+                pipe.zcard(keys.retries)
+                pipe.zcard(keys.scheduled)
+                pipe.zcard(keys.dead)
+
+        replies = self._pipelined(add)
+        per_queue = replies[2:]
         processes = self.processes()
         return {
             "processed": _int(replies[0]),
             "failed": _int(replies[1]),
-            "enqueued": sum(int(n or 0) for n in replies[5:]),
-            "retries": int(replies[2]),
-            "scheduled": int(replies[3]),
-            "dead": int(replies[4]),
+            "enqueued": sum(int(n or 0) for n in per_queue[0::4]),
+            "retries": sum(int(n or 0) for n in per_queue[1::4]),
+            "scheduled": sum(int(n or 0) for n in per_queue[2::4]),
+            "dead": sum(int(n or 0) for n in per_queue[3::4]),
             "busy": sum(p.busy for p in processes),
             "processes": len(processes),
         }
@@ -376,7 +421,7 @@ class Api:
         now = time.time() if now is None else now
         names = [time.strftime("%Y-%m-%d", time.gmtime(now - 86400 * back))
                  for back in range(days - 1, -1, -1)]
-        processed = self.client.mget([self.keys.processed_on(d) for d in names])
+        processed = self.client.mget([self.keys.processed_on(d) for d in names])  # one slot
         failed = self.client.mget([self.keys.failures_on(d) for d in names])
         return [{"day": d, "processed": _int(p), "failed": _int(f)}
                 for d, p, f in zip(names, processed, failed)]
@@ -390,23 +435,96 @@ class Api:
 
     # -- listings ------------------------------------------------------------------------
 
-    def set_key(self, name: str) -> str:
+    def set_key(self, name: str, queue: str) -> str:
+        """The key of sorted set ``name`` (retries, scheduled or dead) of ``queue``."""
         if name not in SET_NAMES:
-            raise NotFound(f"no such set {name[:40]!r} (use retries, scheduled or dead)")
-        return getattr(self.keys, name)
+            raise NotFound(f"no such set {_text(name)[:40]!r} (use retries, scheduled or dead)")
+        if not valid_queue_name(queue):
+            raise NotFound(f"no such queue {_text(queue)[:130]!r}")
+        return getattr(self.keys.queue_keys(queue), name)
 
-    def set_page(self, name: str, page: int = 1, count: int = 25) -> Page:
-        """Entries of a sorted set; dead and retries newest/latest first, scheduled soonest first."""
-        key = self.set_key(name)
+    def set_keys(self, name: str, queue: Optional[str] = None) -> list[tuple[str, str]]:
+        """``(queue, key)`` of set ``name`` in every known queue (or in ``queue`` only)."""
+        if name not in SET_NAMES:
+            raise NotFound(f"no such set {_text(name)[:40]!r} (use retries, scheduled or dead)")
+        names = self.queue_names() if queue is None else [queue]
+        return [(q, self.set_key(name, q)) for q in names]
+
+    def set_sizes(self, name: str, queue: Optional[str] = None) -> dict[str, int]:
+        """Queue -> entries in its set ``name`` (every known queue, or ``queue`` only)."""
+        pairs = self.set_keys(name, queue)
+        sizes = self._pipelined(lambda pipe: [pipe.zcard(key) for _, key in pairs])
+        return {q: int(n or 0) for (q, _), n in zip(pairs, sizes)}
+
+    def set_page(self, name: str, page: int = 1, count: int = 25,
+                 queue: Optional[str] = None) -> Page:
+        """Entries of a set, merged over the queues (or of one queue's set): dead and
+        retries newest/latest first, scheduled soonest first."""
+        sizes = self.set_sizes(name)  # every queue's, for the page's queue links
+        if queue is not None and queue not in sizes:
+            sizes.update(self.set_sizes(name, queue))
+        listed = sizes if queue is None else {queue: sizes[queue]}
+        total = sum(listed.values())
         count = max(1, min(MAX_PAGE_SIZE, count))
-        total = int(self.client.zcard(key))
         page = max(1, min(page, max(1, -(-total // count))))
-        start = (page - 1) * count
-        if name == "scheduled":
-            rows = self.client.zrange(key, start, start + count - 1, withscores=True)
-        else:
-            rows = self.client.zrevrange(key, start, start + count - 1, withscores=True)
-        return Page([Entry.decode(m, name, float(s)) for m, s in rows], total, page, count)
+        filled = [(q, self.set_key(name, q)) for q, n in listed.items() if n]
+        rows = self._merged(filled, (page - 1) * count, count, reverse=name != "scheduled")
+        entries = [Entry.decode(member, name, score, queue_name=q) for q, member, score in rows]
+        return Page(entries, total, page, count, queue=queue,
+                    by_queue={q: n for q, n in sizes.items() if n})
+
+    def _merged(self, sources: list[tuple[str, str]], start: int, count: int,
+                reverse: bool) -> list[tuple[str, bytes, float]]:
+        """Rows ``start`` to ``start + count - 1`` of the sorted sets ``sources`` (queue,
+        key) read as one, by score, then queue name, then bytes (descending when
+        ``reverse``, as ZREVRANGE orders one set). Reads each set from its top in batches
+        (a k-way merge): memory stays bounded, a deep page costs its depth in transfer."""
+        if not sources:
+            return []
+        if len(sources) == 1:
+            (queue, key), = sources
+            read = self.client.zrevrange if reverse else self.client.zrange
+            return [(queue, member, float(score))
+                    for member, score in read(key, start, start + count - 1, withscores=True)]
+        need = start + count
+        batch = min(need, BATCH)
+        read_name = "zrevrange" if reverse else "zrange"
+        buffers: dict[str, deque] = {queue: deque() for queue, _ in sources}
+        offsets = dict.fromkeys(buffers, 0)
+        exhausted: set[str] = set()
+        keys = dict(sources)
+
+        def refill(queues: list[str]) -> None:
+            replies = self._pipelined(lambda pipe: [
+                getattr(pipe, read_name)(keys[q], offsets[q], offsets[q] + batch - 1,
+                                         withscores=True) for q in queues])
+            for q, rows in zip(queues, replies):
+                offsets[q] += len(rows)
+                if len(rows) < batch:
+                    exhausted.add(q)
+                buffers[q].extend(rows)
+
+        heap: list[_Head] = []
+
+        def push_next(queue: str) -> None:
+            if not buffers[queue] and queue not in exhausted:
+                refill([queue])
+            if buffers[queue]:
+                member, score = buffers[queue].popleft()
+                heapq.heappush(heap, _Head(float(score), queue, member, reverse))
+
+        refill(list(buffers))
+        for queue in buffers:
+            push_next(queue)
+        out = []
+        for rank in range(need):
+            if not heap:
+                break
+            head = heapq.heappop(heap)
+            if rank >= start:
+                out.append((head.queue, head.member, head.score))
+            push_next(head.queue)
+        return out
 
     def queue_page(self, queue: str, page: int = 1, count: int = 25) -> Page:
         """Jobs of a queue, the next to run first."""
@@ -419,33 +537,37 @@ class Api:
         start = (page - 1) * count
         rows = self.client.lrange(key, -(start + count), -(start + 1)) if total else []
         return Page([Entry.decode(m, "queue", queue_name=queue) for m in reversed(rows)],
-                    total, page, count)
+                    total, page, count, queue=queue)
 
     def entry(self, name: str, ref: str) -> Entry:
-        """One entry of a sorted set by its ref; raises :class:`NotFound`."""
-        key = self.set_key(name)
-        score, wanted = parse_ref(ref)
+        """One entry of a set by its ref (which names its queue); raises :class:`NotFound`."""
+        if name not in SET_NAMES:
+            raise NotFound(f"no such set {_text(name)[:40]!r} (use retries, scheduled or dead)")
+        queue, score, wanted = parse_ref(ref)
+        key = self.set_key(name, queue)
         for member, found in self.client.zrangebyscore(key, score, score, withscores=True):
             if digest(member) == wanted:
-                return Entry.decode(member, name, float(found))
+                return Entry.decode(member, name, float(found), queue_name=queue)
         raise NotFound(f"no entry {ref!r} in {name} (it was retried, moved or deleted)")
 
     def find_job(self, jid: str, limit: int = JOB_SEARCH_LIMIT) -> Optional[Entry]:
-        """The first entry whose ``jid`` is ``jid``: the sets, then the queues; each
-        searched up to ``limit`` members."""
+        """The first entry whose ``jid`` is ``jid``: the dead, retry and scheduled sets of
+        every queue, then the queues; each set or queue searched up to ``limit`` members."""
         if not jid or len(jid) > 64:
             return None
         needle = _GLOB_SPECIALS.sub(r"\\\1", jid)
+        queues = self.queue_names()
         for name in ("dead", "retries", "scheduled"):
-            matches = self.client.zscan_iter(self.set_key(name), match=f"*{needle}*",
-                                             count=SCAN_COUNT)
-            for seen, (member, score) in enumerate(matches, 1):
-                entry = Entry.decode(member, name, float(score))
-                if entry.field("jid") == jid:
-                    return entry
-                if seen >= limit:
-                    break
-        for queue in self.queue_names():
+            for queue in queues:
+                matches = self.client.zscan_iter(self.set_key(name, queue), match=f"*{needle}*",
+                                                 count=SCAN_COUNT)
+                for seen, (member, score) in enumerate(matches, 1):
+                    entry = Entry.decode(member, name, float(score), queue_name=queue)
+                    if entry.field("jid") == jid:
+                        return entry
+                    if seen >= limit:
+                        break
+        for queue in queues:
             key = self.keys.queue(queue)
             for start in range(0, limit, BATCH):
                 rows = self.client.lrange(key, start, start + BATCH - 1)
@@ -461,11 +583,17 @@ class Api:
     # -- actions on set entries ----------------------------------------------------------
 
     def retry_now(self, name: str, ref: str, now: Optional[float] = None) -> str:
-        """Move one retries/scheduled/dead entry to its queue now; returns the queue."""
+        """Move one retries/scheduled/dead entry to its queue now; returns the queue.
+
+        The move is one atomic ``move_entry.lua`` call, except for a dead entry whose
+        job names another queue than the one whose dead set holds it, on a Redis
+        Cluster (the two keys are in two slots): the job is pushed to its queue first,
+        then removed from the dead set, so a crash in between leaves it in both places
+        (it may run and stay listed as dead), never in neither."""
         entry = self.entry(name, ref)
         return self._retry_entry(entry, time.time() if now is None else now)
 
-    def _retry_entry(self, entry: Entry, now: float) -> str:
+    def _retry_entry(self, entry: Entry, now: float, registered: Optional[set] = None) -> str:
         queue = entry.runnable_queue
         if queue is None:
             why = entry.problem or "no name or no valid queue"
@@ -475,76 +603,105 @@ class Api:
         job.pop("retry_at", None)
         member = ujson.dumps(job, ensure_ascii=False, escape_forward_slashes=False).encode(
             "utf-8", "surrogatepass")
-        moved = self.scripts.move_entry(keys=[self.set_key(entry.where), self.keys.queue(queue)],
-                                        args=[entry.raw, member, "list"])
-        if not int(moved):
+        source = self.set_key(entry.where, entry.queue_name)
+        target = self.keys.queue(queue)
+        self._register(queue, registered)
+        if queue == entry.queue_name or not self.cluster:
+            # one slot, or a single server where a script may span slots: atomic
+            moved = self.scripts.move_entry(keys=[source, target], args=[entry.raw, member, "list"])
+            if not int(moved):
+                raise NotFound(f"entry {entry.ref} is gone (moved by someone else)")
+            return queue
+        # two slots of a cluster: write first, then remove (a crash can duplicate, not lose)
+        self.client.lpush(target, member)
+        if not self.client.zrem(source, entry.raw):
+            self.client.lrem(target, 1, member)  # someone else moved it first: take ours back
             raise NotFound(f"entry {entry.ref} is gone (moved by someone else)")
         return queue
 
+    def _register(self, queue: str, registered: Optional[set] = None) -> None:
+        """Name ``queue`` in the queue registry (once per bulk action)."""
+        if registered is not None and queue in registered:
+            return
+        self.client.sadd(self.keys.queues, queue)
+        if registered is not None:
+            registered.add(queue)
+
     def delete(self, name: str, ref: str) -> None:
-        """Remove one entry of a sorted set."""
+        """Remove one entry of a set."""
         entry = self.entry(name, ref)
-        if not self.client.zrem(self.set_key(name), entry.raw):
+        if not self.client.zrem(self.set_key(name, entry.queue_name), entry.raw):
             raise NotFound(f"entry {ref} is gone")
 
     def kill(self, name: str, ref: str, now: Optional[float] = None) -> None:
-        """Move one retries/scheduled entry to the dead set (bytes kept as they are)."""
+        """Move one retries/scheduled entry to its queue's dead set (bytes kept as they are)."""
         if name == "dead":
             raise AdminError("the entry is dead already")
         entry = self.entry(name, ref)
         now = time.time() if now is None else now
-        moved = self.scripts.move_entry(keys=[self.set_key(name), self.keys.dead],
-                                        args=[entry.raw, entry.raw, repr(now)])
+        moved = self.scripts.move_entry(
+            keys=[self.set_key(name, entry.queue_name), self.keys.dead(entry.queue_name)],
+            args=[entry.raw, entry.raw, repr(now)])
         if not int(moved):
             raise NotFound(f"entry {ref} is gone")
 
-    def retry_all(self, name: str, now: Optional[float] = None) -> tuple[int, int]:
-        """Move every runnable entry of a set to its queue; returns (moved, skipped).
-        Entries that are not runnable jobs stay where they are."""
-        key = self.set_key(name)
+    def retry_all(self, name: str, now: Optional[float] = None,
+                  queue: Optional[str] = None) -> tuple[int, int]:
+        """Move every runnable entry of a set (every queue's, or ``queue``'s) to its
+        queue; returns (moved, skipped). Entries that are not runnable jobs stay."""
         now = time.time() if now is None else now
         moved = skipped = 0
-        while True:
-            rows = self.client.zrange(key, skipped, skipped + BATCH - 1, withscores=True)
-            if not rows:
-                return moved, skipped
-            for member, score in rows:
-                entry = Entry.decode(member, name, float(score))
-                if entry.runnable_queue is None:
-                    skipped += 1
-                    continue
-                try:
-                    self._retry_entry(entry, now)
-                    moved += 1
-                except NotFound:
-                    pass  # moved meanwhile by a poller or another admin
+        registered: set[str] = set()
+        for source_queue, key in self.set_keys(name, queue):
+            stayed = 0  # entries left at the start of this set
+            while True:
+                rows = self.client.zrange(key, stayed, stayed + BATCH - 1, withscores=True)
+                if not rows:
+                    break
+                for member, score in rows:
+                    entry = Entry.decode(member, name, float(score), queue_name=source_queue)
+                    if entry.runnable_queue is None:
+                        stayed += 1
+                        continue
+                    try:
+                        self._retry_entry(entry, now, registered)
+                        moved += 1
+                    except NotFound:
+                        pass  # moved meanwhile by a poller or another admin
+            skipped += stayed
+        return moved, skipped
 
-    def retry_jids(self, name: str, jids: list[str]) -> tuple[int, list[str]]:
+    def retry_jids(self, name: str, jids: list[str],
+                   queue: Optional[str] = None) -> tuple[int, list[str]]:
         """Retry the entries with these jids; returns (moved, jids not found)."""
         wanted = set(jids)
         found: set[str] = set()
         moved = 0
         now = time.time()
-        for member, score in list(self.client.zscan_iter(self.set_key(name), count=SCAN_COUNT)):
-            entry = Entry.decode(member, name, float(score))
-            jid = entry.field("jid")
-            if isinstance(jid, str) and jid in wanted:
-                try:
-                    self._retry_entry(entry, now)
-                    moved += 1
-                    found.add(jid)
-                except NotFound:
-                    pass
+        registered: set[str] = set()
+        for source_queue, key in self.set_keys(name, queue):
+            for member, score in list(self.client.zscan_iter(key, count=SCAN_COUNT)):
+                entry = Entry.decode(member, name, float(score), queue_name=source_queue)
+                jid = entry.field("jid")
+                if isinstance(jid, str) and jid in wanted:
+                    try:
+                        self._retry_entry(entry, now, registered)
+                        moved += 1
+                        found.add(jid)
+                    except NotFound:
+                        pass
         return moved, sorted(wanted - found)
 
-    def delete_all(self, name: str) -> int:
-        """Empty one set; returns how many entries it had."""
-        key = self.set_key(name)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.zcard(key)
-            pipe.delete(key)
-            size, _ = pipe.execute()
-        return int(size)
+    def delete_all(self, name: str, queue: Optional[str] = None) -> int:
+        """Empty a set (every queue's, or ``queue``'s); returns how many entries it had."""
+        deleted = 0
+        for _, key in self.set_keys(name, queue):
+            with self.client.pipeline(transaction=True) as pipe:  # one key: one slot
+                pipe.zcard(key)
+                pipe.delete(key)
+                size, _ = pipe.execute()
+            deleted += int(size)
+        return deleted
 
     # -- queues --------------------------------------------------------------------------
 
@@ -589,6 +746,19 @@ class Api:
             pipe.execute()
 
 
+class _Head:
+    """One set's next row in a merge (the heap's smallest is the next row out)."""
+
+    __slots__ = ("score", "queue", "member", "reverse")
+
+    def __init__(self, score: float, queue: str, member: bytes, reverse: bool) -> None:
+        self.score, self.queue, self.member, self.reverse = score, queue, member, reverse
+
+    def __lt__(self, other: _Head) -> bool:
+        mine, theirs = (self.score, self.queue, self.member), (other.score, other.queue, other.member)
+        return mine > theirs if self.reverse else mine < theirs
+
+
 class Cleaner:
     """Deletes our keys: one queue, all queues, or everything under our namespace."""
 
@@ -602,24 +772,39 @@ class Cleaner:
         return self.api.clear_queue(queue)
 
     def prune_all_queues(self) -> int:
-        """Delete every queue's pending jobs (not the in-progress lists of running
+        """Delete every known queue's pending jobs (not the in-progress lists of running
         processes); returns how many jobs."""
         return sum(self.api.clear_queue(name) for name in self.api.queue_names())
 
+    def patterns(self) -> tuple[str, str]:
+        """The SCAN patterns :meth:`prune_all` deletes: the global slot's keys
+        (``{jiggler}*``) and every queue's keys (``{jiggler:q:*``), under the namespace."""
+        return self.keys.all_key_patterns()
+
     def prune_all(self) -> int:
-        """Delete every key of ours (``<namespace>:jiggler:*``, or ``jiggler:*``); returns
-        how many keys. Stop the workers first: their in-progress lists go too."""
-        pattern = _GLOB_SPECIALS.sub(r"\\\1", self.keys.root) + "*"
+        """Delete every key of ours (both :meth:`patterns`; on a cluster, on every
+        primary); returns how many keys. Stop the workers first: their in-progress lists
+        go too."""
+        deleted = 0
+        for pattern in self.patterns():
+            deleted += self._unlink(self.api.scan(pattern))
+        return deleted
+
+    def _unlink(self, keys: Iterable[str]) -> int:
         deleted = 0
         batch: list[str] = []
-        for key in self.api.scan(pattern):
+        for key in keys:
             batch.append(key)
             if len(batch) >= BATCH:
-                deleted += int(self.client.unlink(*batch))
+                deleted += self._unlink_batch(batch)
                 batch = []
         if batch:
-            deleted += int(self.client.unlink(*batch))
+            deleted += self._unlink_batch(batch)
         return deleted
+
+    def _unlink_batch(self, batch: list[str]) -> int:
+        # redis-py's cluster client splits a multi-key UNLINK by slot itself
+        return int(self.client.unlink(*batch))
 
 
 def _latency(oldest: Optional[bytes], now: float) -> float:

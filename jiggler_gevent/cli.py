@@ -119,9 +119,10 @@ def build_parser() -> configargparse.ArgParser:
                    version=f"jiggler-gevent {__version__}")
     p.add_argument("--redis-url", default=None,
                    help="redis://[user:password@]host:port/db, rediss://...?ssl_ca_certs=/path/ca.pem "
-                        "(TLS), unix:///path/redis.sock, or redis+sentinel://[user:password@]"
-                        "host:port[,host:port...]/service/db (default $JIGGLER_REDIS_URL, "
-                        "$REDIS_URL, redis://127.0.0.1:6379/0)")
+                        "(TLS), unix:///path/redis.sock, redis+sentinel://[user:password@]"
+                        "host:port[,host:port...]/service/db, redis+cluster://[user:password@]"
+                        "host:port[,host:port...] (rediss+sentinel://, rediss+cluster:// for TLS) "
+                        "(default $JIGGLER_REDIS_URL, $REDIS_URL, redis://127.0.0.1:6379/0)")
     p.add_argument("--namespace", default="",
                    help="key prefix so several apps can share one Redis (myapp -> myapp:jiggler:)")
     p.add_argument("--mode", choices=MODES, default=AT_LEAST_ONCE,
@@ -226,13 +227,15 @@ def _fail(message: str, code: int = EXIT_STARTUP) -> None:
 
 
 def _warn_about_eviction(client) -> None:
+    """Warn about every server (every primary of a cluster) that may evict keys."""
     try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        policies = connection.config_values(client, "maxmemory-policy")
     except Exception:  # CONFIG may be renamed or forbidden by ACL: nothing to check then
         return
-    if policy and policy != "noeviction":
-        log.warning("Redis maxmemory-policy is %r: under memory pressure Redis may evict "
-                    "queued jobs; set it to noeviction", policy)
+    for node, policy in sorted(policies.items()):
+        if policy and policy != "noeviction":
+            log.warning("Redis %smaxmemory-policy is %r: under memory pressure Redis may evict "
+                        "queued jobs; set it to noeviction", f"node {node} " if node else "", policy)
 
 
 def _run_parent(config: Config, argv: list[str]) -> int:

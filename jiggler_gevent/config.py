@@ -20,6 +20,9 @@ AT_LEAST_ONCE = "at-least-once"
 AT_MOST_ONCE = "at-most-once"
 MODES = (AT_LEAST_ONCE, AT_MOST_ONCE)
 MAX_QUEUE_WEIGHT = 1000
+# every Redis url form we accept (jiggler_gevent.connection describes them)
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
+                     "redis+cluster://", "rediss+cluster://")
 
 
 def default_redis_url() -> str:
@@ -136,10 +139,10 @@ class Config:
         parse_queues([f"{n}:{w}" for n, w in self.queues])
         if self.namespace and not valid_queue_name(self.namespace.rstrip(":")):
             raise ConfigError(f"namespace {self.namespace!r}: use letters, digits, '_', '.', '-'")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        if not self.redis_url.startswith(REDIS_URL_SCHEMES):
             scheme = self.redis_url.split("://")[0] if "://" in self.redis_url else "(no scheme)"
-            raise ConfigError(f"redis url must start with redis://, rediss://, unix:// or "
-                              f"redis+sentinel://, not {scheme!r}")
+            raise ConfigError(f"redis url must start with {', '.join(REDIS_URL_SCHEMES[:-1])} or "
+                              f"{REDIS_URL_SCHEMES[-1]}, not {scheme!r}")
         return self
 
 

@@ -7,7 +7,9 @@ the process it started. Must not be used by the worker itself.
 
 Also for tests of the connection options: a TLS-only server (``tls=`` files from
 :func:`make_tls_files`), a server in Sentinel mode (``sentinel=True`` with
-``config_lines``), and any server with extra config file lines.
+``config_lines``), any server with extra config file lines, a master with replicas
+and Sentinels (:class:`LocalSentinelGroup`, TLS too) and a Redis Cluster
+(:class:`LocalCluster`, TLS too).
 
 Run ``python -m jiggler_gevent.devserver`` to start one in the foreground.
 """
@@ -91,10 +93,11 @@ def make_tls_files(directory: str, hosts: Sequence[str] = ("127.0.0.1", "localho
         return os.path.join(directory, name)
 
     san = ",".join(("IP:" if _is_ip(h) else "DNS:") + h for h in hosts)
+    # clientAuth too: a cluster node presents its certificate to the node it connects to
     with open(path("server.ext"), "w", encoding="ascii") as ext:
         ext.write(f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                  "extendedKeyUsage=serverAuth\n"
+                  "extendedKeyUsage=serverAuth,clientAuth\n"
                   "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     steps = [
@@ -306,17 +309,28 @@ class LocalSentinelGroup:
     from their first look (a Sentinel re-reads a replica only every 10 s), and
     :meth:`wait_until_known` waits until every Sentinel lists every replica.
     ``SENTINEL FAILOVER <service>`` on a Sentinel then promotes a replica at once.
+
+    ``tls=TlsFiles(...)``: the master and replicas serve TLS only (replication over
+    TLS too) and the Sentinels reach them over TLS; the Sentinels themselves serve
+    TLS only as well, unless ``sentinel_tls=False`` (then they listen on a plain
+    port). :attr:`url` is then ``rediss+sentinel://...?ssl_ca_certs=<ca>``
+    (``&sentinel_ssl=no`` with plain Sentinels).
     """
 
     def __init__(self, service: str = "mymaster", *, replicas: int = 1, sentinels: int = 1,
                  down_after_ms: int = 1000, failover_timeout_ms: int = 10_000,
-                 master_args: tuple[str, ...] = (), sentinel_lines: Sequence[str] = ()) -> None:
+                 master_args: tuple[str, ...] = (), sentinel_lines: Sequence[str] = (),
+                 tls: Optional[TlsFiles] = None, sentinel_tls: bool = True) -> None:
         self.service = service
+        self.tls = tls
+        self.sentinel_tls = tls is not None and sentinel_tls
         fast_sync = ("--repl-diskless-sync", "no")  # an RDB file at once: no 5 s delay
-        self.master = LocalServer(extra_args=fast_sync + tuple(master_args))
+        if tls is not None:
+            fast_sync += ("--tls-replication", "yes")
+        self.master = LocalServer(extra_args=fast_sync + tuple(master_args), tls=tls)
         self.replicas = [
             LocalServer(extra_args=fast_sync + tuple(master_args)
-                        + ("--replicaof", "127.0.0.1", str(self.master.port)))
+                        + ("--replicaof", "127.0.0.1", str(self.master.port)), tls=tls)
             for _ in range(replicas)
         ]
         quorum = sentinels // 2 + 1
@@ -324,7 +338,16 @@ class LocalSentinelGroup:
                   f"sentinel down-after-milliseconds {service} {down_after_ms}",
                   f"sentinel failover-timeout {service} {failover_timeout_ms}",
                   *sentinel_lines]
-        self.sentinels = [LocalServer(sentinel=True, config_lines=config) for _ in range(sentinels)]
+        tls_client_args: tuple[str, ...] = ()
+        if tls is not None:
+            config.append("tls-replication yes")  # a Sentinel reaches the master over TLS
+            if not self.sentinel_tls:  # plain port, but TLS towards the data nodes
+                tls_client_args = ("--tls-cert-file", tls.cert, "--tls-key-file", tls.key,
+                                   "--tls-ca-cert-file", tls.ca_cert)
+        self.sentinels = [LocalServer(sentinel=True, config_lines=config,
+                                      tls=tls if self.sentinel_tls else None,
+                                      extra_args=tls_client_args)
+                          for _ in range(sentinels)]
 
     @property
     def servers(self) -> list[LocalServer]:
@@ -333,18 +356,20 @@ class LocalSentinelGroup:
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}/0"
+        if self.tls is None:
+            return f"redis+sentinel://{hosts}/{self.service}/0"
+        plain = "" if self.sentinel_tls else "&sentinel_ssl=no"
+        return (f"rediss+sentinel://{hosts}/{self.service}/0"
+                f"?ssl_ca_certs={quote(self.tls.ca_cert)}{plain}")
 
     def start(self, timeout: float = START_TIMEOUT_S) -> LocalSentinelGroup:
-        import redis  # only here: the rest of this module needs no client library
-
         try:
             self.master.start()
             for replica in self.replicas:
                 replica.start()
             deadline = time.monotonic() + timeout
             for replica in self.replicas:
-                client = redis.Redis(port=replica.port, socket_timeout=2)
+                client = admin_client(replica, timeout=2)
                 try:
                     while client.info("replication").get("master_link_status") != "up":
                         if time.monotonic() > deadline:
@@ -362,11 +387,9 @@ class LocalSentinelGroup:
 
     def wait_until_known(self, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until every Sentinel lists every replica as healthy and linked."""
-        import redis
-
         deadline = time.monotonic() + timeout
         for sentinel in self.sentinels:
-            client = redis.Redis(port=sentinel.port, socket_timeout=2)
+            client = admin_client(sentinel, timeout=2)
             try:
                 while True:
                     ok = [r for r in client.sentinel_slaves(self.service)
@@ -382,9 +405,7 @@ class LocalSentinelGroup:
 
     def master_port(self) -> int:
         """The master's port as the first Sentinel sees it now."""
-        import redis
-
-        client = redis.Redis(port=self.sentinels[0].port, socket_timeout=2)
+        client = admin_client(self.sentinels[0], timeout=2)
         try:
             return int(client.sentinel_get_master_addr_by_name(self.service)[1])
         finally:
@@ -399,6 +420,247 @@ class LocalSentinelGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+def admin_client(server: LocalServer, timeout: float = 5.0):
+    """A plain redis-py client of one :class:`LocalServer` (TLS when it serves TLS), with
+    no retries, for set-up commands in tests and in this module."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    tls = {} if server.tls is None else {"ssl": True, "ssl_ca_certs": server.tls.ca_cert}
+    return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0), **tls)
+
+
+CLUSTER_SLOTS = 16384
+
+
+class LocalCluster:
+    """A Redis Cluster on 127.0.0.1: ``masters`` primaries (default 3) with the 16384
+    slots split evenly between them, and ``replicas`` replicas per primary, all
+    started (and stopped, by PID) by us; for tests of ``redis+cluster://``.
+
+    :meth:`start` starts each node with ``cluster-enabled yes`` on a free port (its
+    cluster bus on port + 10000 must be free too), gives each primary its range of
+    slots (``CLUSTER ADDSLOTSRANGE``), introduces every node to the first
+    (``CLUSTER MEET``), attaches the replicas (``CLUSTER REPLICATE``) and waits until
+    every node reports ``cluster_state:ok`` and the same slot map. ``tls=`` makes
+    every node serve TLS only, the cluster bus included (``tls-cluster yes``); the
+    :attr:`url` is then ``rediss+cluster://...?ssl_ca_certs=<ca>``.
+    """
+
+    def __init__(self, masters: int = 3, *, replicas: int = 0, tls: Optional[TlsFiles] = None,
+                 node_timeout_ms: int = 2000, extra_args: tuple[str, ...] = ()) -> None:
+        if not 1 <= masters <= CLUSTER_SLOTS:
+            raise ValueError(f"masters must be from 1 to {CLUSTER_SLOTS}, not {masters!r}")
+        self.tls = tls
+        self.replicas_per_master = replicas
+        ports = _cluster_ports(masters * (1 + replicas))
+        cluster_args = ("--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                        "--cluster-require-full-coverage", "yes",
+                        "--repl-diskless-sync", "no")  # a replica syncs at once
+        if tls is not None:
+            cluster_args += ("--tls-cluster", "yes", "--tls-replication", "yes")
+        self.nodes = [LocalServer(port, tls=tls, extra_args=cluster_args + tuple(extra_args))
+                      for port in ports]
+        for node in self.nodes:  # each node writes its own cluster state file
+            node.extra_args += ("--cluster-config-file", os.path.join(node.dir, "nodes.conf"))
+        self.masters = self.nodes[:masters]
+        self.replicas = self.nodes[masters:]
+        self.node_ids: dict[int, str] = {}  # port -> cluster node id
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.masters)
+        if self.tls is not None:
+            return f"rediss+cluster://{hosts}?ssl_ca_certs={quote(self.tls.ca_cert)}"
+        return f"redis+cluster://{hosts}"
+
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        """The (first, last) slots given to each primary, in order."""
+        count = len(self.masters)
+        bounds = [CLUSTER_SLOTS * i // count for i in range(count + 1)]
+        return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
+
+    def start(self, timeout: float = 30.0) -> LocalCluster:
+        deadline = time.monotonic() + timeout
+        clients = []
+        try:
+            for node in self.nodes:
+                node.start()
+            clients = [admin_client(node) for node in self.nodes]
+            for node, client in zip(self.nodes, clients):
+                self.node_ids[node.port] = _text(client.execute_command("CLUSTER", "MYID"))
+            for client, (first, last) in zip(clients, self.slot_ranges()):
+                _add_slots(client, first, last)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            self._wait(clients, deadline, "every node to know every other node",
+                       lambda c: _connected_nodes(c) >= len(self.nodes))
+            for index in range(len(self.replicas)):
+                master = self.masters[index // self.replicas_per_master]
+                client = clients[len(self.masters) + index]
+                client.execute_command("CLUSTER", "REPLICATE", self.node_ids[master.port])
+            self.wait_until_ok(deadline - time.monotonic(), clients=clients)
+        except BaseException:
+            self.cleanup()
+            raise
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def wait_until_ok(self, timeout: float = 30.0, *, clients=None) -> None:
+        """Wait until every running node says ``cluster_state:ok``, every node sees the
+        same primaries for every slot, and every replica's link to its primary is up."""
+        deadline = time.monotonic() + timeout
+        own = clients is None
+        if own:
+            clients = [admin_client(node) for node in self.nodes if node.process is not None]
+        try:
+            self._wait(clients, deadline, "cluster_state:ok",
+                       lambda c: "cluster_state:ok" in _text(c.execute_command("CLUSTER", "INFO")))
+
+            def same_map() -> bool:
+                maps = {repr(_slot_map(c)) for c in clients}
+                return len(maps) == 1
+            self._wait_for(same_map, deadline, "every node to agree on the slot map")
+            replicas = [c for c in clients if c.info("replication").get("role") == "slave"]
+            self._wait(replicas, deadline, "the replicas to sync",
+                       lambda c: c.info("replication").get("master_link_status") == "up")
+        finally:
+            if own:
+                for client in clients:
+                    client.close()
+
+    @staticmethod
+    def _wait(clients, deadline: float, what: str, check) -> None:
+        for client in clients:
+            port = client.connection_pool.connection_kwargs["port"]
+            LocalCluster._wait_for(lambda c=client: check(c), deadline, f"{what} (port {port})")
+
+    @staticmethod
+    def _wait_for(check, deadline: float, what: str) -> None:
+        import redis
+
+        while True:
+            try:
+                if check():
+                    return
+            except redis.ResponseError:
+                pass  # e.g. -LOADING while a replica syncs
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local cluster did not get ready: waited for {what}")
+            time.sleep(0.05)
+
+    def node_of_port(self, port: int) -> LocalServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def slot_owner(self, slot: int) -> LocalServer:
+        """The primary that serves ``slot``, as the first running node sees it now."""
+        client = admin_client(next(n for n in self.nodes if n.process is not None))
+        try:
+            port = next(p for first, last, p in _slot_map(client) if first <= slot <= last)
+        finally:
+            client.close()
+        return self.node_of_port(port)
+
+    def move_slot(self, slot: int, target: LocalServer, *, finish: bool = True) -> LocalServer:
+        """Move ``slot`` and its keys to the primary ``target`` as ``redis-cli --cluster
+        reshard`` does (``SETSLOT IMPORTING``/``MIGRATING``, ``MIGRATE``, ``SETSLOT NODE``);
+        returns the node it came from. With ``finish=False`` it stops half way, the slot
+        migrating (its keys still on the source: the source answers ``ASK`` for a key
+        it does not have); call again with ``finish=True`` to complete the move."""
+        source = self.slot_owner(slot)
+        if source is target:
+            return source
+        src, dst = admin_client(source), admin_client(target)
+        try:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_ids[source.port])
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_ids[target.port])
+            if not finish:
+                return source
+            while True:
+                keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+                if not keys:
+                    break
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                                    "KEYS", *keys)
+            for node in self.masters:
+                client = admin_client(node)
+                try:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE",
+                                           self.node_ids[target.port])
+                finally:
+                    client.close()
+        finally:
+            src.close()
+            dst.close()
+        self.wait_until_ok()
+        return source
+
+    def cleanup(self) -> None:
+        """Stop every node we started (by its PID) and remove their directories."""
+        for node in reversed(self.nodes):
+            node.cleanup()
+
+    stop = cleanup
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def _cluster_ports(count: int) -> list[int]:
+    """``count`` free ports whose cluster bus port (+10000) is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port + 10000 >= 65536 or port in ports or port + 10000 in ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _add_slots(client, first: int, last: int) -> None:
+    import redis
+
+    try:
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+    except redis.ResponseError as exc:
+        if "unknown" not in str(exc).lower():
+            raise
+        client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))  # before 7.0
+
+
+def _slot_map(client) -> list:
+    """CLUSTER SLOTS as sorted (first, last, primary port) triples."""
+    return sorted((int(entry[0]), int(entry[1]), int(entry[2][1]))
+                  for entry in client.execute_command("CLUSTER", "SLOTS"))
+
+
+def _connected_nodes(client) -> int:
+    """How many nodes (itself included) a node lists as known and linked."""
+    count = 0
+    for line in _text(client.execute_command("CLUSTER", "NODES")).splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == "connected" \
+                and not {"handshake", "noaddr", "fail", "fail?"} & set(fields[2].split(",")):
+            count += 1
+    return count
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def main() -> int:

@@ -4,6 +4,13 @@ Owns how a job is declared (class options, the ``@job`` decorator), the registry
 that maps a payload's ``name`` to a class, and enqueueing (immediate, bulk,
 scheduled). Must not import gevent: request handlers enqueue from here. Jobs are
 found only by their registered name, never by importing a path from payload data.
+
+Every queue that gets a job is named in the queue registry (``keys.queues``, a set
+that the poller, the dashboard and the cleaner read): the first enqueue to a queue
+from this process (per client and namespace, and again every
+:data:`REGISTRY_REFRESH_S`) adds an ``SADD`` to the same non-transactional pipeline
+as its ``LPUSH``; after that a plain enqueue is one ``LPUSH``. Scheduling
+(``enqueue_in``/``enqueue_at``) always sends the ``SADD`` with its ``ZADD``.
 """
 
 from __future__ import annotations
@@ -23,12 +30,58 @@ from .errors import EnqueueError, JobDefinitionError, UnknownJobError
 from .keys import DEFAULT_QUEUE, valid_queue_name
 
 BULK_CHUNK = 1000
+REGISTRY_REFRESH_S = 300.0  # re-send the SADD of a queue this often (a FLUSHDB empties the registry)
 RETRY_BASE_S = 15.0
 RETRY_MAX_S = 24 * 3600.0
 ARITY_CACHE_SIZE = 64
 _UNKNOWN = object()
 
 _registry: dict[str, type[Job]] = {}
+
+
+class _RegisteredQueues:
+    """The queues this process has put in the registry set of one client and namespace,
+    each with the monotonic time after which its SADD is sent again."""
+
+    __slots__ = ("client", "root", "until")
+
+    def __init__(self, client: Any = None, root: str = "") -> None:
+        self.client = client
+        self.root = root
+        self.until: dict[str, float] = {}
+
+
+_registered = _RegisteredQueues()
+
+
+def _registered_for(client: Any, keys: Any) -> _RegisteredQueues:
+    global _registered
+    known = _registered
+    if known.client is not client or known.root != keys.root:
+        known = _registered = _RegisteredQueues(client, keys.root)  # one client at a time
+    return known
+
+
+def _is_registered(client: Any, keys: Any, queue: str) -> bool:
+    known = _registered
+    return (known.client is client and known.root == keys.root
+            and known.until.get(queue, 0.0) > time.monotonic())
+
+
+def _remember(client: Any, keys: Any, queues: Iterable[str]) -> None:
+    known = _registered_for(client, keys)
+    until = time.monotonic() + REGISTRY_REFRESH_S
+    if len(known.until) > 10_000:
+        known.until.clear()
+    for queue in queues:
+        known.until[queue] = until
+
+
+def forget_registered_queues() -> None:
+    """Send the registry ``SADD`` again with the next enqueue to each queue (tests that
+    empty Redis under a live client use it)."""
+    global _registered
+    _registered = _RegisteredQueues()
 
 
 def lookup(name: str) -> type[Job]:
@@ -219,7 +272,7 @@ class Enqueuer:
         job = _middleware.run_client(self.job_class, self.build(args, kwargs))
         if job is None:
             return None
-        settings.client.lpush(settings.keys.queue(job["queue"]), _payload.dumps(job))
+        _push(job["queue"], _payload.dumps(job))
         return job["jid"]
 
     def enqueue_bulk(self, arg_lists: Iterable[Any], chunk_size: int = BULK_CHUNK) -> list:
@@ -238,22 +291,30 @@ class Enqueuer:
         for job in jobs:
             if job is not None:
                 by_queue.setdefault(job["queue"], []).append(_payload.dumps(job))
-        with settings.client.pipeline(transaction=False) as pipe:
+        if not by_queue:
+            return [None] * len(jobs)
+        client, keys = settings.client, settings.keys
+        new = [queue for queue in by_queue if not _is_registered(client, keys, queue)]
+        with client.pipeline(transaction=False) as pipe:
+            if new:
+                pipe.sadd(keys.queues, *new)  # one SADD for the whole call
             for queue, encoded in by_queue.items():
-                key = settings.keys.queue(queue)
+                key = keys.queue(queue)
                 for start in range(0, len(encoded), chunk_size):
                     pipe.lpush(key, *encoded[start:start + chunk_size])
             pipe.execute()
+        if new:
+            _remember(client, keys, new)
         return [job and job["jid"] for job in jobs]
 
     def enqueue_in(self, seconds: float, /, *args: Any, **kwargs: Any) -> str:
-        """ZADD the job to the scheduled set, due ``seconds`` from now."""
+        """ZADD the job to its queue's scheduled set, due ``seconds`` from now."""
         if type(seconds) not in (int, float) or seconds != seconds:
             raise EnqueueError(f"seconds must be a number, not {seconds!r}")
         return self.enqueue_at(time.time() + seconds, *args, **kwargs)
 
     def enqueue_at(self, when: _dt.datetime | float, /, *args: Any, **kwargs: Any) -> Optional[str]:
-        """ZADD the job to the scheduled set, due at ``when``.
+        """ZADD the job to its queue's scheduled set, due at ``when``.
 
         ``when`` is an epoch timestamp or a datetime (a naive datetime is local
         time, as :meth:`datetime.timestamp` reads it). A time that has already
@@ -263,11 +324,33 @@ class Enqueuer:
         job = _middleware.run_client(self.job_class, self.build(args, kwargs))
         if job is None:
             return None
+        queue = job["queue"]
         if at <= time.time():
-            settings.client.lpush(settings.keys.queue(job["queue"]), _payload.dumps(job))
-        else:
-            settings.client.zadd(settings.keys.scheduled, {_payload.dumps(job): at})
+            _push(queue, _payload.dumps(job))
+            return job["jid"]
+        client, keys = settings.client, settings.keys
+        with client.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.queues, queue)  # always: the poller finds scheduled sets by it
+            pipe.zadd(keys.scheduled(queue), {_payload.dumps(job): at})
+            pipe.execute()
+        _remember(client, keys, (queue,))
         return job["jid"]
+
+
+def _push(queue: str, encoded: bytes) -> None:
+    """LPUSH one job; with the registry SADD in the same pipeline when this process has
+    not registered the queue lately."""
+    client, keys = settings.client, settings.keys
+    known = _registered  # _is_registered, inlined: this is every enqueue's path
+    if (known.client is client and known.root == keys.root
+            and known.until.get(queue, 0.0) > time.monotonic()):
+        client.lpush(keys.queue(queue), encoded)
+        return
+    with client.pipeline(transaction=False) as pipe:
+        pipe.sadd(keys.queues, queue)
+        pipe.lpush(keys.queue(queue), encoded)
+        pipe.execute()
+    _remember(client, keys, (queue,))
 
 
 def _split_item(item: Any) -> tuple[Any, Any]:

@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional
 import ujson
 
 from .errors import ConfigError
+from .keys import valid_queue_name
 from .payload import check_json_args
 
 try:  # the `cron` extra
@@ -219,21 +220,65 @@ def clear() -> None:
 
 def list_schedules(client: Any, keys: Any, now: float) -> list[dict]:
     """The schedules the workers published, each with ``next_run`` and ``last_tick``
-    (epoch seconds or None), sorted by next run (for a dashboard or an API)."""
+    (epoch seconds or None), sorted by next run (for a dashboard or an API).
+
+    The descriptions are in the global hash ``keys.periodic_schedules``; each
+    schedule's last tick is in the ``periodic_last`` hash of the queue its jobs go to
+    (``keys.queue_keys(queue).periodic_last``, in that queue's cluster slot). A
+    description without a valid ``queue`` (published by an older worker, or with the
+    job class's default queue) is looked up in every known queue's hash.
+    """
     published = client.hgetall(keys.periodic_schedules)
-    last = client.hgetall(keys.periodic_last)
-    out = []
+    infos = []
     for raw_name, raw in published.items():
-        info = ujson.loads(raw)
-        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
         try:
-            schedule = Schedule(**info)
+            info = ujson.loads(raw)
+        except (ValueError, OverflowError, RecursionError):
+            continue  # not a description this version can read
+        if not isinstance(info, dict):
+            continue
+        info["name"] = _text(raw_name)
+        infos.append((raw_name, info))
+    wanted = {i["queue"] for _, i in infos if valid_queue_name(i.get("queue"))}
+    if any(not valid_queue_name(i.get("queue")) for _, i in infos):
+        wanted.update(_text(q) for q in client.smembers(keys.queues))
+    queues = sorted(q for q in wanted if valid_queue_name(q))
+    last: dict[str, dict] = {}
+    if queues:
+        with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.hgetall(keys.queue_keys(queue).periodic_last)
+            last = dict(zip(queues, pipe.execute()))
+    out = []
+    for raw_name, info in infos:
+        fields = {k: v for k, v in info.items() if k in _DESCRIPTION_FIELDS}
+        try:
+            schedule = Schedule(**fields)
             info["next_run"] = schedule.next_after(now)
-        except (ConfigError, TypeError):
+        except (ConfigError, TypeError, ValueError):
             info["next_run"] = None  # published by a worker with options this one lacks
-        seen = last.get(raw_name)
-        info["last_tick"] = float(seen) if seen is not None else None
-        info["name"] = name
+        if valid_queue_name(info.get("queue")):
+            ticks = [last.get(info["queue"], {}).get(raw_name)]
+        else:
+            ticks = [hashed.get(raw_name) for hashed in last.values()]
+        ticks = [t for t in (_float(t) for t in ticks) if t is not None]
+        info["last_tick"] = max(ticks) if ticks else None
         out.append(info)
     out.sort(key=lambda i: (i["next_run"] is None, i["next_run"] or 0))
     return out
+
+
+_DESCRIPTION_FIELDS = frozenset({"job", "every", "cron", "tz", "args", "kwargs", "queue", "name"})
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _float(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -110,6 +110,9 @@ class _FakeClient:
             self._receive(value, at)
         return len(mapping)
 
+    def sadd(self, key: str, *members: str) -> int:
+        return 0  # the queue registry: nothing to keep in memory
+
     def pipeline(self, transaction: bool = True) -> _FakePipeline:
         return _FakePipeline(self)
 
@@ -129,6 +132,10 @@ class _FakePipeline:
 
     def zadd(self, key: str, mapping: dict) -> _FakePipeline:
         self._calls.append((self._client.zadd, key, mapping))
+        return self
+
+    def sadd(self, key: str, *members: str) -> _FakePipeline:
+        self._calls.append((self._client.sadd, key, *members))
         return self
 
     def execute(self) -> list:

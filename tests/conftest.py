@@ -215,3 +215,19 @@ def tls_server(tmp_path_factory):
         pytest.skip(f"cannot make test certificates: {exc}")
     with devserver.LocalServer(tls=files) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A Redis Cluster of the session (``devserver.LocalCluster``: 3 primaries on free
+    loopback ports, no replicas; ``.url`` is ``redis+cluster://...``), started at first
+    use and stopped by PID at the end. Skipped with the reason if it cannot start.
+    A test that moves a slot moves it back; one that stops a node starts its own."""
+    try:
+        cluster = devserver.LocalCluster(masters=3).start()
+    except (devserver.ServerNotFound, RuntimeError, OSError) as exc:
+        pytest.skip(f"cannot start a local Redis Cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

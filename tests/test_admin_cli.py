@@ -24,6 +24,12 @@ def dead_entry(jid: str, queue: str = "mail", name: str = "Mail") -> bytes:
     return payload.dumps(payload.failed(built, ValueError("boom"), now=time.time(), retry_at=None))
 
 
+def put(client, keys: Keys, name: str, queue: str, mapping: dict) -> None:
+    """ZADD to a queue's retries/scheduled/dead set, the queue registered."""
+    client.zadd(getattr(keys, name)(queue), mapping)
+    client.sadd(keys.queues, queue)
+
+
 @pytest.fixture
 def run(redis_url, redis_client, capsys, monkeypatch):
     """``run(*argv) -> (status, stdout, stderr)``, Redis url from the environment."""
@@ -42,6 +48,7 @@ def test_stats_table_and_json(run, redis_client):
     redis_client.set(keys.processed, 42)
     redis_client.lpush(keys.queue("mail"), payload.dumps(payload.build(
         "Mail", [], {}, queue="mail", retries=1)))
+    redis_client.sadd(keys.queues, "mail")
     redis_client.zadd(keys.processes, {"p1": time.time()})
     redis_client.hset(keys.process("p1"), mapping={
         "hostname": "web\x1b[31m1", "pid": "77", "busy": "2", "concurrency": "10",
@@ -67,24 +74,32 @@ def test_stats_with_namespace(run, redis_client):
 
 def test_retry_dead_by_jid_and_all(run, redis_client):
     keys = Keys("")
-    redis_client.zadd(keys.dead, {dead_entry("a"): 1, dead_entry("b"): 2, b"\xff junk": 3})
+    put(redis_client, keys, "dead", "mail", {dead_entry("a"): 1, dead_entry("b"): 2, b"\xff junk": 3})
+    put(redis_client, keys, "dead", "low", {dead_entry("c", queue="low"): 4})
     status, out, err = run("retry-dead", "a", "nope")
     assert status == 1 and "moved 1 job(s)" in out and "not found in dead: nope" in err
+    status, out, err = run("retry-dead", "--queue", "low", "b")
+    assert status == 1 and "not found in dead of queue low: b" in err
+    status, out, _ = run("retry-dead", "--all", "--queue", "low")
+    assert status == 0 and "moved 1 job(s) from dead of queue low" in out
+    assert redis_client.llen(keys.queue("low")) == 1
     status, out, _ = run("retry-dead", "--all")
     assert status == 0 and "moved 1 job(s)" in out and "1 entr(ies) are not runnable" in out
     assert redis_client.llen(keys.queue("mail")) == 2
-    assert redis_client.zcard(keys.dead) == 1
+    assert redis_client.zcard(keys.dead("mail")) == 1
+    status, _, err = run("retry-dead", "--all", "--queue", "bad:name")
+    assert status == 1 and "no such queue" in err
 
 
 def test_retry_and_kill(run, redis_client):
     keys = Keys("")
-    redis_client.zadd(keys.retries, {dead_entry("r1"): time.time() + 50,
-                                     dead_entry("r2"): time.time() + 60})
+    put(redis_client, keys, "retries", "mail", {dead_entry("r1"): time.time() + 50,
+                                                dead_entry("r2"): time.time() + 60})
     assert run("retry", "r1")[0] == 0
     assert redis_client.llen(keys.queue("mail")) == 1
     status, out, _ = run("kill", "r2")
-    assert status == 0 and "killed r2" in out
-    assert redis_client.zcard(keys.dead) == 1 and redis_client.zcard(keys.retries) == 0
+    assert status == 0 and "killed r2 (was in retries of queue mail)" in out
+    assert redis_client.zcard(keys.dead("mail")) == 1 and redis_client.zcard(keys.retries("mail")) == 0
     status, _, err = run("kill", "r2")  # now dead: not in retries/scheduled
     assert status == 1 and "r2" in err
 
@@ -92,11 +107,14 @@ def test_retry_and_kill(run, redis_client):
 def test_destructive_commands_need_yes_without_a_terminal(run, redis_client, monkeypatch):
     keys = Keys("")
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal
-    redis_client.zadd(keys.dead, {dead_entry("a"): 1})
+    put(redis_client, keys, "dead", "mail", {dead_entry("a"): 1})
+    put(redis_client, keys, "dead", "low", {dead_entry("b", queue="low"): 1})
     redis_client.lpush(keys.queue("mail"), b"x", b"y")
     status, _, err = run("delete-dead")
     assert status == 1 and "--yes" in err and len(err.strip().splitlines()) == 1
-    assert redis_client.zcard(keys.dead) == 1
+    assert redis_client.zcard(keys.dead("mail")) == 1
+    assert run("delete-dead", "--yes", "--queue", "low")[:2] == (
+        0, "deleted 1 entr(ies) of the dead set of queue low\n")
     assert run("delete-dead", "--yes")[:2] == (0, "deleted 1 entr(ies) of the dead set\n")
     status, out, _ = run("clear-queue", "mail", "--yes")
     assert status == 0 and "deleted 2 job(s)" in out
@@ -118,14 +136,17 @@ def test_clean(run, redis_client):
     ours = Keys("app3")
     redis_client.lpush(ours.queue("a"), b"x")
     redis_client.lpush(ours.queue("b"), b"x", b"y")
-    redis_client.zadd(ours.dead, {b"x": 1})
+    redis_client.sadd(ours.queues, "a", "b")
+    redis_client.zadd(ours.dead("a"), {b"x": 1})
     redis_client.set("unrelated", 1)
+    redis_client.set(Keys("").processed, 1)
     assert run("clean", "--queue", "a", "--yes", "--namespace", "app3")[0] == 0
     status, out, _ = run("clean", "--all-queues", "--yes", "--namespace", "app3")
     assert status == 0 and "deleted 2 job(s)" in out
     status, out, _ = run("clean", "--everything", "--yes", "--namespace", "app3")
-    assert status == 0 and "deleted 1 key(s) under app3:jiggler:*" in out
-    assert redis_client.keys("*") == [b"unrelated"]
+    assert status == 0
+    assert "deleted 2 key(s) matching {app3:jiggler}* and {app3:jiggler:q:*" in out
+    assert sorted(redis_client.keys("*")) == sorted([Keys("").processed.encode(), b"unrelated"])
 
 
 def test_errors_are_one_line(run):

@@ -1,12 +1,17 @@
-"""The read/admin API against a real server: totals, listings, actions, the Cleaner."""
+"""The read/admin API against a real server: totals, listings merged over the queues'
+sets, actions, the Cleaner."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+import redis
 import ujson
+from redis.cluster import RedisCluster
 
+import jiggler_gevent
+from jiggler_gevent import api as api_module
 from jiggler_gevent import payload
 from jiggler_gevent.api import (
     SCAN_COUNT,
@@ -20,6 +25,7 @@ from jiggler_gevent.api import (
     signals_key,
 )
 from jiggler_gevent.config import Config
+from jiggler_gevent.connection import is_cluster, make_client
 from jiggler_gevent.keys import Keys
 from jiggler_gevent.scripts import Scripts
 
@@ -38,6 +44,18 @@ def failed(entry: dict, message="boom", *, retry_at=None) -> bytes:
     return payload.dumps(out, check_size=False)
 
 
+def put(client, keys: Keys, name: str, queue: str, mapping: dict) -> None:
+    """ZADD to one queue's retries/scheduled/dead set and register the queue, as the
+    writers (enqueue_in, the retrier, the poller) do."""
+    client.zadd(getattr(keys, name)(queue), mapping)
+    client.sadd(keys.queues, queue)
+
+
+def push(client, keys: Keys, queue: str, *members: bytes) -> None:
+    client.lpush(keys.queue(queue), *members)
+    client.sadd(keys.queues, queue)
+
+
 @pytest.fixture(params=["", "ns1"], ids=["no-namespace", "namespace"])
 def api(request, redis_client) -> Api:
     return Api(redis_client, request.param)
@@ -46,39 +64,40 @@ def api(request, redis_client) -> Api:
 def test_totals_queues_and_latency(api, redis_client):
     keys = api.keys
     now = time.time()
-    redis_client.lpush(keys.queue("mail"), payload.dumps(job(enqueued_at=now - 30)),
-                       payload.dumps(job(enqueued_at=now - 5)))
-    redis_client.lpush(keys.queue("default"), payload.dumps(job(queue="default", enqueued_at=now)))
+    push(redis_client, keys, "mail", payload.dumps(job(enqueued_at=now - 30)),
+         payload.dumps(job(enqueued_at=now - 5)))
+    push(redis_client, keys, "default", payload.dumps(job(queue="default", enqueued_at=now)))
     redis_client.lpush(keys.in_progress("mail", "abc"), b"x")  # a reservation is not a queue
-    redis_client.lpush(Keys("other").queue("elsewhere"), b"x")  # another namespace
+    push(redis_client, Keys("other"), "elsewhere", b"x")  # another namespace
     redis_client.set(keys.processed, 12)
     redis_client.set(keys.failures, 3)
-    redis_client.zadd(keys.retries, {failed(job()): now + 60})
-    redis_client.zadd(keys.dead, {failed(job()): now, b"\xff": now})
+    put(redis_client, keys, "retries", "mail", {failed(job()): now + 60})
+    put(redis_client, keys, "dead", "mail", {failed(job()): now, b"\xff": now})
+    put(redis_client, keys, "dead", "other", {failed(job(queue="other")): now})
+    redis_client.sadd(keys.queues, "idle")  # registered, empty
     totals = api.totals()
     assert totals == {"processed": 12, "failed": 3, "enqueued": 3, "retries": 1, "scheduled": 0,
-                      "dead": 2, "busy": 0, "processes": 0}
+                      "dead": 3, "busy": 0, "processes": 0}
     queues = {q.name: q for q in api.queues(now=now)}
-    assert sorted(queues) == ["default", "mail"]
+    assert sorted(queues) == ["default", "idle", "mail", "other"]
+    assert queues["idle"].size == 0 and queues["idle"].latency == 0.0
     assert queues["mail"].size == 2
     assert queues["mail"].latency == pytest.approx(30, abs=0.01)  # the oldest (right end)
     assert queues["default"].latency == pytest.approx(0, abs=0.01)
 
 
 def test_latency_of_odd_oldest_job_is_zero(api, redis_client):
-    redis_client.rpush(api.keys.queue("q"), b"\xff\xfe")
+    push(redis_client, api.keys, "q", b"\xff\xfe")
     assert api.queues()[0].latency == 0.0
 
 
-def test_queue_discovery_scans_to_cursor_zero(api, redis_client):
-    """The seed stopped at the first empty SCAN page; ours must find every queue."""
-    with redis_client.pipeline(transaction=False) as pipe:
-        for i in range(SCAN_COUNT * 6):
-            pipe.set(f"unrelated:{i}", 1)
-        pipe.execute()
-    for i in range(5):
-        redis_client.lpush(api.keys.queue(f"q{i}"), payload.dumps(job(queue=f"q{i}")))
-    assert api.queue_names() == [f"q{i}" for i in range(5)]
+def test_queue_discovery_reads_the_registry_and_live_processes(api, redis_client):
+    redis_client.sadd(api.keys.queues, "b", "a", "bad name!", "x:y", b"\xff")
+    redis_client.lpush(api.keys.queue("unregistered"), b"x")  # not found: nothing scans
+    redis_client.zadd(api.keys.processes, {"p1": time.time(), "p2": time.time(), "gone": 1})
+    redis_client.hset(api.keys.process("p1"), mapping={"queues": "critical:6,default:3,a"})
+    redis_client.hset(api.keys.process("p2"), mapping={"queues": "<b>,low"})
+    assert api.queue_names() == ["a", "b", "critical", "default", "low"]
 
 
 def test_processes_from_a_real_heartbeat(api, redis_client):
@@ -128,16 +147,63 @@ def test_history_days(api, redis_client):
 def test_set_pages_order_and_clamping(api, redis_client):
     now = time.time()
     for i in range(7):
-        redis_client.zadd(api.keys.dead, {failed(job(jid=f"d{i}")): now + i})
-        redis_client.zadd(api.keys.scheduled, {payload.dumps(job(jid=f"s{i}")): now + i})
+        put(redis_client, api.keys, "dead", "mail", {failed(job(jid=f"d{i}")): now + i})
+        put(redis_client, api.keys, "scheduled", "mail", {payload.dumps(job(jid=f"s{i}")): now + i})
     page = api.set_page("dead", page=1, count=3)
     assert [e.jid for e in page.entries] == ["d6", "d5", "d4"]  # newest first
     assert (page.total, page.pages) == (7, 3)
     assert [e.jid for e in api.set_page("dead", page=99, count=3).entries] == ["d0"]  # last page
     assert [e.jid for e in api.set_page("scheduled", 1, 2).entries] == ["s0", "s1"]  # soonest first
     assert len(api.set_page("dead", 1, 10**9).entries) == 7
+    assert api.set_page("retries").entries == [] and api.set_page("retries").total == 0
     with pytest.raises(NotFound):
         api.set_page("processes")
+    with pytest.raises(NotFound):
+        api.set_page("dead", queue="bad:queue")
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 7, 500])
+def test_set_listing_merges_the_queues_sets_in_order_with_pages(api, redis_client, count,
+                                                               monkeypatch):
+    """Three queues' dead sets read as one: newest first across queues, equal scores by
+    queue then bytes, and every page exactly the slice of that order (batches smaller
+    than a page's depth force the k-way merge to refill)."""
+    monkeypatch.setattr(api_module, "BATCH", 2)
+    rows = []
+    for i in range(13):
+        queue = ("mail", "low", "zz")[i % 3]
+        score = 1000.0 + (i // 2)  # pairs of equal scores, in two different queues
+        member = failed(job(jid=f"j{i}", queue=queue))
+        put(redis_client, api.keys, "dead", queue, {member: score})
+        rows.append((score, queue, member))
+    want = [m for _, _, m in sorted(rows, reverse=True)]
+    got = []
+    first = api.set_page("dead", 1, count)
+    for page in range(1, first.pages + 1):
+        listing = api.set_page("dead", page, count)
+        assert listing.total == 13 and len(listing.entries) == min(count, 13 - (page - 1) * count)
+        got += [e.raw for e in listing.entries]
+    assert got == want
+    assert first.by_queue == {"low": 4, "mail": 5, "zz": 4}
+    soonest = [e.raw for e in api.set_page("scheduled").entries]
+    assert soonest == []
+    for score, queue, member in rows:
+        put(redis_client, api.keys, "scheduled", queue, {member: score})
+    ascending = [e.raw for e in api.set_page("scheduled", 1, 13).entries]
+    assert ascending == [m for _, _, m in sorted(rows)]
+    assert [e.raw for e in api.set_page("scheduled", 2, 4).entries] == ascending[4:8]
+
+
+def test_set_listing_narrowed_to_one_queue(api, redis_client):
+    put(redis_client, api.keys, "dead", "a", {failed(job(jid="a1", queue="a")): 1,
+                                             failed(job(jid="a2", queue="a")): 3})
+    put(redis_client, api.keys, "dead", "b", {failed(job(jid="b1", queue="b")): 2})
+    page = api.set_page("dead", queue="a")
+    assert [e.jid for e in page.entries] == ["a2", "a1"] and page.total == 2
+    assert page.queue == "a" and page.by_queue == {"a": 2, "b": 1}  # links to every queue
+    assert {e.queue_name for e in page.entries} == {"a"}
+    assert [e.jid for e in api.set_page("dead").entries] == ["a2", "b1", "a1"]
+    assert api.set_page("dead", queue="never").total == 0
 
 
 def test_queue_page_next_to_run_first(api, redis_client):
@@ -154,29 +220,52 @@ def test_queue_page_next_to_run_first(api, redis_client):
 def test_entry_by_ref_and_odd_members(api, redis_client):
     now = 1_700_000_000.25
     for i, member in enumerate(ODD_MEMBERS):
-        redis_client.zadd(api.keys.dead, {member: now + i})
+        put(redis_client, api.keys, "dead", "mail", {member: now + i})
     entries = api.set_page("dead", 1, 50).entries
     assert len(entries) == len(ODD_MEMBERS)
     for entry in entries:
         assert entry.job is None or entry.name in ("", "5")
-        entry.as_dict()
+        assert entry.as_dict()["in_queue"] == "mail"
         assert api.entry("dead", entry.ref).raw == entry.raw
     problems = {e.raw: e.problem for e in entries}
     assert problems[b"\xff\xfe\x00 not utf-8"] == "not UTF-8"
     assert problems[b"{not json"] == "not JSON"
     assert problems[b"[1, 2]"] == "a JSON list, not an object"
     with pytest.raises(NotFound):
-        api.entry("dead", "1.5_" + "0" * 40)
+        api.entry("dead", "mail:1.5:" + "0" * 40)
     with pytest.raises(NotFound):
-        parse_ref("1.5_zz")
+        api.entry("queues", entries[0].ref)
+
+
+def test_refs_carry_the_queue_and_are_parsed_strictly(api, redis_client):
+    member = failed(job(jid="x1", queue="low"))
+    put(redis_client, api.keys, "dead", "low", {member: 1_700_000_000.5})
+    put(redis_client, api.keys, "dead", "mail", {member: 1_700_000_000.5})  # same bytes, same score
+    refs = {e.queue_name: e.ref for e in api.set_page("dead").entries}
+    digest = api_module.digest(member)
+    assert refs == {"low": f"low:1700000000.5:{digest}", "mail": f"mail:1700000000.5:{digest}"}
+    assert parse_ref(refs["low"]) == ("low", 1_700_000_000.5, digest)
+    assert api.entry("dead", refs["low"]).queue_name == "low"
+    api.delete("dead", refs["low"])  # only that queue's entry
+    assert [e.queue_name for e in api.set_page("dead").entries] == ["mail"]
+    with pytest.raises(NotFound):
+        api.entry("dead", refs["low"])
+    assert parse_ref("a.b-c_d:-inf:" + "f" * 40)[:2] == ("a.b-c_d", float("-inf"))
+    assert parse_ref("q:1e+300:" + "f" * 40)[1] == 1e300
+    for bad in ("1.5_" + "0" * 40, "mail:1.5_" + "0" * 40, "mail:1.5:" + "0" * 39,
+                "mail:1.5:" + "0" * 40 + "\n", "a:b:1.5:" + "0" * 40, ":1.5:" + "0" * 40,
+                "x" * 129 + ":1:" + "0" * 40, "ma il:1:" + "0" * 40, "mail:nan:" + "0" * 40,
+                "mail:1.5:" + "A" * 40, "", None, "{mail}:1:" + "0" * 40):
+        with pytest.raises(NotFound):
+            parse_ref(bad)
 
 
 def test_retry_now_moves_atomically_and_refreshes_enqueued_at(api, redis_client):
     dead = failed(job(jid="j1", enqueued_at=1.0))
-    redis_client.zadd(api.keys.dead, {dead: time.time()})
+    put(redis_client, api.keys, "dead", "mail", {dead: time.time()})
     entry = api.set_page("dead").entries[0]
     assert api.retry_now("dead", entry.ref, now=1234.5) == "mail"
-    assert redis_client.zcard(api.keys.dead) == 0
+    assert redis_client.zcard(api.keys.dead("mail")) == 0
     moved = payload.loads(redis_client.rpop(api.keys.queue("mail")))
     assert moved["jid"] == "j1" and moved["enqueued_at"] == 1234.5
     assert moved["error_class"] == "ValueError" and moved["args"] == ["a"]
@@ -184,64 +273,125 @@ def test_retry_now_moves_atomically_and_refreshes_enqueued_at(api, redis_client)
         api.retry_now("dead", entry.ref)  # gone
 
 
-def test_retry_now_from_retries_prefers_retry_queue(api, redis_client):
+def test_retry_now_from_retries_goes_to_the_sets_own_queue(api, redis_client):
+    """A retry sits in its retry_queue's set already; retry-now sends it where the
+    poller would: the set's own queue."""
     member = failed(job(jid="r1", retry_queue="slow"), retry_at=time.time() + 99)
-    redis_client.zadd(api.keys.retries, {member: time.time() + 99})
+    put(redis_client, api.keys, "retries", "slow", {member: time.time() + 99})
     ref = api.set_page("retries").entries[0].ref
+    assert ref.startswith("slow:")
     assert api.retry_now("retries", ref) == "slow"
     assert redis_client.llen(api.keys.queue("slow")) == 1
+    assert redis_client.zcard(api.keys.retries("slow")) == 0
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["single-server", "cluster-path"])
+def test_retry_now_of_a_dead_entry_of_another_queue(api, redis_client, monkeypatch, cluster):
+    """A job that died in queue "low" (its retry_queue) but belongs to "mail" goes back to
+    mail's pending list; mail is registered. The cluster path (two slots) writes first,
+    then removes, and takes its copy back when someone else moved the entry first."""
+    api.cluster = cluster
+    member = failed(job(jid="d1", queue="mail", retry_queue="low"))
+    put(redis_client, api.keys, "dead", "low", {member: 5.0})
+    entry = api.set_page("dead").entries[0]
+    assert (entry.queue_name, entry.runnable_queue) == ("low", "mail")
+    assert api.retry_now("dead", entry.ref, now=99.0) == "mail"
+    assert redis_client.zcard(api.keys.dead("low")) == 0
+    assert payload.loads(redis_client.rpop(api.keys.queue("mail")))["jid"] == "d1"
+    assert redis_client.sismember(api.keys.queues, "mail")
+    with pytest.raises(NotFound):
+        api.retry_now("dead", entry.ref)
+    # the race: found, then moved by someone else before our move
+    put(redis_client, api.keys, "dead", "low", {member: 6.0})
+    entry = api.set_page("dead").entries[0]
+    real_zrem = redis_client.zrem
+
+    def zrem_after_someone_else(key, *members):
+        real_zrem(key, *members)  # the other admin's move
+        return real_zrem(key, *members)
+
+    monkeypatch.setattr(redis_client, "zrem", zrem_after_someone_else)
+    if not cluster:  # the script is atomic: the entry is simply gone when it runs
+        redis_client.zrem(api.keys.dead("low"), member)
+    with pytest.raises(NotFound):
+        api.retry_now("dead", entry.ref)
+    assert redis_client.llen(api.keys.queue("mail")) == 0  # nothing doubled
+
+
+def test_dead_entry_without_a_queue_goes_back_to_its_sets_queue(api, redis_client):
+    put(redis_client, api.keys, "dead", "low", {ujson.dumps({"name": "X", "jid": "n1"}): 1.0})
+    entry = api.set_page("dead").entries[0]
+    assert entry.runnable_queue == "low" and entry.queue == "low"
+    assert api.retry_now("dead", entry.ref) == "low"
 
 
 def test_retry_refuses_what_is_not_a_job(api, redis_client):
-    redis_client.zadd(api.keys.dead, {b"{not json": 1.0})
-    redis_client.zadd(api.keys.dead, {ujson.dumps({"name": "X", "queue": "bad queue!"}): 2.0})
+    put(redis_client, api.keys, "dead", "mail", {b"{not json": 1.0})
+    put(redis_client, api.keys, "dead", "mail", {ujson.dumps({"name": "X", "queue": "bad queue!"}): 2.0})
     for entry in api.set_page("dead").entries:
         with pytest.raises(AdminError, match="not a runnable job"):
             api.retry_now("dead", entry.ref)
-    assert redis_client.zcard(api.keys.dead) == 2
+    assert redis_client.zcard(api.keys.dead("mail")) == 2
 
 
 def test_kill_delete_and_bulk(api, redis_client):
     now = time.time()
-    redis_client.zadd(api.keys.retries, {failed(job(jid="r1")): now, failed(job(jid="r2")): now + 1})
+    put(redis_client, api.keys, "retries", "mail",
+        {failed(job(jid="r1")): now, failed(job(jid="r2")): now + 1})
     r1 = next(e for e in api.set_page("retries").entries if e.jid == "r1")
     api.kill("retries", r1.ref, now=now)
-    assert [e.jid for e in api.set_page("dead").entries] == ["r1"]
+    assert [(e.jid, e.queue_name) for e in api.set_page("dead").entries] == [("r1", "mail")]
     with pytest.raises(AdminError):
         api.kill("dead", api.set_page("dead").entries[0].ref)
     r2 = api.set_page("retries").entries[0]
     api.delete("retries", r2.ref)
-    assert redis_client.zcard(api.keys.retries) == 0
+    assert redis_client.zcard(api.keys.retries("mail")) == 0
     with pytest.raises(NotFound):
         api.delete("retries", r2.ref)
     for member in ODD_MEMBERS:
-        redis_client.zadd(api.keys.dead, {member: now})
+        put(redis_client, api.keys, "dead", "odd", {member: now})
     for i in range(BATCH_PLUS):
-        redis_client.zadd(api.keys.dead, {failed(job(jid=f"b{i}", queue="bulk")): now + i})
+        put(redis_client, api.keys, "dead", "bulk", {failed(job(jid=f"b{i}", queue="bulk")): now + i})
     moved, skipped = api.retry_all("dead")
     assert (moved, skipped) == (BATCH_PLUS + 1, len(ODD_MEMBERS))
     assert redis_client.llen(api.keys.queue("bulk")) == BATCH_PLUS
     assert redis_client.llen(api.keys.queue("mail")) == 1
     assert api.delete_all("dead") == len(ODD_MEMBERS)
-    assert not redis_client.exists(api.keys.dead)
+    assert not redis_client.exists(api.keys.dead("odd"))
 
 
 BATCH_PLUS = 520  # more than one ZRANGE batch of retry_all
 
 
+def test_bulk_actions_narrowed_to_one_queue(api, redis_client):
+    put(redis_client, api.keys, "dead", "a", {failed(job(jid="a1", queue="a")): 1})
+    put(redis_client, api.keys, "dead", "b", {failed(job(jid="b1", queue="b")): 1,
+                                             failed(job(jid="b2", queue="b")): 2})
+    assert api.retry_all("dead", queue="a") == (1, 0)
+    assert redis_client.llen(api.keys.queue("a")) == 1 and redis_client.llen(api.keys.queue("b")) == 0
+    assert api.retry_jids("dead", ["b1", "a1"], queue="b") == (1, ["a1"])
+    assert api.delete_all("dead", queue="a") == 0
+    assert api.delete_all("dead", queue="b") == 1
+    assert api.set_page("dead").total == 0
+
+
 def test_retry_jids(api, redis_client):
-    redis_client.zadd(api.keys.dead, {failed(job(jid="a")): 1, failed(job(jid="b")): 2})
-    assert api.retry_jids("dead", ["a", "zzz"]) == (1, ["zzz"])
+    put(redis_client, api.keys, "dead", "mail", {failed(job(jid="a")): 1, failed(job(jid="b")): 2})
+    put(redis_client, api.keys, "dead", "low", {failed(job(jid="c", queue="low")): 3})
+    assert api.retry_jids("dead", ["a", "c", "zzz"]) == (2, ["zzz"])
     assert [e.jid for e in api.set_page("dead").entries] == ["b"]
+    assert redis_client.llen(api.keys.queue("low")) == 1
 
 
 def test_find_job(api, redis_client):
-    redis_client.zadd(api.keys.dead, {failed(job(jid="dead1")): 1})
-    redis_client.zadd(api.keys.retries, {failed(job(jid="retry*1")): 1})
-    redis_client.zadd(api.keys.scheduled, {payload.dumps(job(jid="sched1")): 1, b"\xff": 2})
-    redis_client.lpush(api.keys.queue("mail"), payload.dumps(job(jid="queued1")), b"\xfe")
+    put(redis_client, api.keys, "dead", "mail", {failed(job(jid="dead1")): 1})
+    put(redis_client, api.keys, "retries", "low", {failed(job(jid="retry*1")): 1})
+    put(redis_client, api.keys, "scheduled", "mail", {payload.dumps(job(jid="sched1")): 1, b"\xff": 2})
+    push(redis_client, api.keys, "mail", payload.dumps(job(jid="queued1")), b"\xfe")
     assert api.find_job("dead1").where == "dead"
-    assert api.find_job("retry*1").where == "retries"
+    found = api.find_job("retry*1")
+    assert (found.where, found.queue_name) == ("retries", "low")
+    assert api.entry("retries", found.ref).raw == found.raw
     assert api.find_job("retry?1") is None  # glob characters are literal
     assert api.find_job("sched1").where == "scheduled"
     found = api.find_job("queued1")
@@ -252,7 +402,7 @@ def test_find_job(api, redis_client):
 
 def test_clear_queue_and_delete_queued(api, redis_client):
     members = [payload.dumps(job(jid=f"q{i}")) for i in range(3)]
-    redis_client.lpush(api.keys.queue("mail"), *members)
+    push(redis_client, api.keys, "mail", *members)
     target = api.queue_page("mail").entries[1]
     api.delete_queued("mail", target.ref)
     assert [e.jid for e in api.queue_page("mail").entries] == ["q0", "q2"]
@@ -271,7 +421,7 @@ def test_signal_process(api, redis_client):
     api.signal_process("p1", "quiet")
     api.signal_process("p1", "stop")
     key = signals_key(api.keys, "p1")
-    assert key == api.keys.root + "process:p1:signals"
+    assert key == api.keys.tag + ":process:p1:signals"
     assert 0 < redis_client.ttl(key) <= 600
     assert redis_client.rpop(key) == b"quiet" and redis_client.rpop(key) == b"stop"
     with pytest.raises(NotFound):
@@ -283,26 +433,49 @@ def test_signal_process(api, redis_client):
 
 
 def test_cleaner_respects_the_namespace(redis_client):
-    ours, theirs = Keys("app1"), Keys("")
+    """prune_all deletes the keys of both slot kinds (the global {app1:jiggler} slot and
+    every {app1:jiggler:q:<queue>} slot), scanning to cursor 0, and nothing else: not
+    another namespace's, not the default namespace's, not look-alikes."""
+    ours, theirs, plain = Keys("app1"), Keys("app10"), Keys("")
+    lookalikes = ["app1:jiggler:list:q0", "{app1:jiggler", "{app1:jigglers}:x", "app1:jiggler}:x",
+                  "{app1:jiggler:qq}", "x{app1:jiggler}"]
     with redis_client.pipeline(transaction=False) as pipe:
         for i in range(SCAN_COUNT * 4):  # several SCAN pages, many without a match
             pipe.set(f"zz:{i}", 1)
         for i in range(30):
             pipe.lpush(ours.queue(f"q{i}"), b"x")
-        pipe.zadd(ours.dead, {b"x": 1})
+            pipe.sadd(ours.queues, f"q{i}")
+        pipe.zadd(ours.dead("q0"), {b"x": 1})
+        pipe.zadd(ours.scheduled("q1"), {b"x": 1})
+        pipe.lpush(ours.in_progress("q2", "p1"), b"x")
+        pipe.hset(ours.queue_keys("q3").periodic_last, "s", 1)
         pipe.set(ours.processed, 3)
-        pipe.lpush(theirs.queue("q0"), b"x")
-        pipe.zadd(theirs.dead, {b"x": 1})
+        pipe.hset(ours.reservations, "k", "p1")
+        for other in (theirs, plain):
+            pipe.lpush(other.queue("q0"), b"x")
+            pipe.zadd(other.dead("q0"), {b"x": 1})
+            pipe.sadd(other.queues, "q0")
+            pipe.set(other.processed, 1)
+        for key in lookalikes:
+            pipe.set(key, 1)
         pipe.execute()
     cleaner = Cleaner(redis_client, "app1")
+    assert cleaner.patterns() == ("{app1:jiggler}*", "{app1:jiggler:q:*")
     assert cleaner.prune_queue("q0") == 1
     assert cleaner.prune_all_queues() == 29
-    assert redis_client.exists(ours.dead)
-    assert cleaner.prune_all() == 2
-    assert not redis_client.keys("app1:*")
-    assert redis_client.exists(theirs.queue("q0"), theirs.dead) == 2
-    assert Cleaner(redis_client, "").prune_all() == 2
-    assert redis_client.dbsize() == SCAN_COUNT * 4
+    assert redis_client.exists(ours.dead("q0"))
+    global_keys = [ours.queues, ours.processed, ours.reservations]
+    queue_keys = [ours.dead("q0"), ours.scheduled("q1"), ours.in_progress("q2", "p1"),
+                  ours.queue_keys("q3").periodic_last]
+    assert redis_client.exists(*global_keys, *queue_keys) == 7
+    assert cleaner.prune_all() == 7
+    assert redis_client.exists(*global_keys, *queue_keys) == 0
+    others = [theirs.queue("q0"), theirs.dead("q0"), theirs.queues, theirs.processed,
+              plain.queue("q0"), plain.dead("q0"), plain.queues, plain.processed]
+    assert redis_client.exists(*others, *lookalikes) == len(others) + len(lookalikes)
+    assert Cleaner(redis_client, "").prune_all() == 4
+    assert Cleaner(redis_client, "app10").prune_all() == 4
+    assert redis_client.dbsize() == SCAN_COUNT * 4 + len(lookalikes)
 
 
 def test_entry_text_is_always_printable():
@@ -321,3 +494,127 @@ def test_api_admin_and_web_do_not_import_gevent(run_python):
         "import sys, jiggler_gevent.api, jiggler_gevent.admin, jiggler_gevent.web\n"
         "assert 'gevent' not in sys.modules, sorted(m for m in sys.modules if 'gevent' in m)\n")
     assert result.returncode == 0, result.stderr
+
+
+# -- on a real Redis Cluster ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """Three primaries of our own (devserver.LocalCluster), stopped by PID afterwards."""
+    from jiggler_gevent import devserver
+
+    try:
+        devserver.find_server_binary()
+    except devserver.ServerNotFound as exc:
+        pytest.skip(str(exc))
+    cluster = devserver.LocalCluster(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def cluster_api(local_cluster, redis_client):
+    """An Api over a cluster client; the client API enqueues to the cluster meanwhile
+    (redis_client's teardown, after this one's, points it back)."""
+    client = make_client(local_cluster.url)
+    assert is_cluster(client)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    jiggler_gevent.configure(redis_url=local_cluster.url, namespace="")
+    try:
+        yield Api(client)
+    finally:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+        client.close()
+
+
+def node_of(client, key: str) -> str:
+    return client.get_node_from_key(key).name
+
+
+def test_enqueue_listings_and_actions_on_a_cluster(cluster_api):
+    """Enqueue registers queues; the listings merge sets that live on different nodes;
+    every action works (a Lua script or MULTI touching two slots would fail here with
+    CROSSSLOT); a dead entry retried to another queue takes the write-then-remove path."""
+    from jiggler_gevent import Job
+
+    class ClusterMail(Job):
+        name = "api.cluster.mail"
+        queue = "mail"
+
+        def perform(self, n):
+            pass
+
+    api, client = cluster_api, cluster_api.client
+    queues = ["mail", "low", "q2", "q3", "q4", "q5"]
+    assert len({node_of(client, api.keys.dead(q)) for q in queues}) >= 2  # spread over nodes
+    ClusterMail.enqueue(1)
+    ClusterMail.with_options(queue="low").enqueue_bulk([[2], [3]])
+    ClusterMail.with_options(queue="q2").enqueue_in(3600, 4)
+    assert api.queue_names() == ["low", "mail", "q2"]
+    for i, queue in enumerate(queues):
+        put(client, api.keys, "dead", queue,
+            {failed(job(jid=f"d{i}", queue="mail" if queue == "low" else queue)): 100.0 + i})
+    totals = api.totals()
+    assert (totals["enqueued"], totals["scheduled"], totals["dead"]) == (3, 1, 6)
+    listing = api.set_page("dead", 2, 4)
+    assert [e.jid for e in listing.entries] == ["d1", "d0"] and listing.total == 6
+    assert [e.jid for e in api.set_page("dead", 1, 4).entries] == ["d5", "d4", "d3", "d2"]
+    low = api.find_job("d1")
+    assert (low.queue_name, low.runnable_queue) == ("low", "mail")
+    assert api.retry_now("dead", low.ref) == "mail"  # two slots: push, then remove
+    assert client.zcard(api.keys.dead("low")) == 0 and client.llen(api.keys.queue("mail")) == 2
+    scheduled = api.set_page("scheduled").entries[0]
+    api.kill("scheduled", scheduled.ref)
+    assert api.set_page("dead", queue="q2").total == 2
+    assert api.retry_all("dead", queue="q3") == (1, 0)
+    assert api.retry_jids("dead", ["d4", "nope"]) == (1, ["nope"])
+    assert api.delete_all("dead") == 4  # d0, d2, d5 and the killed one
+    assert api.clear_queue("low") == 2
+    assert len(api.history(3)) == 3 and isinstance(api.redis_info(), dict)
+    client.hset(api.keys.process("p1"), "identity", "p1")
+    api.signal_process("p1", "quiet")
+
+
+def test_dashboard_on_a_cluster(cluster_api):
+    werkzeug_test = pytest.importorskip("werkzeug.test")
+    pytest.importorskip("jinja2")
+    from jiggler_gevent.web import Dashboard
+
+    api, client = cluster_api, cluster_api.client
+    put(client, api.keys, "dead", "a", {failed(job(jid="da", queue="b")): 1.0})
+    put(client, api.keys, "retries", "b", {failed(job(jid="rb", queue="b")): 2.0})
+    web = werkzeug_test.Client(Dashboard(client=client))
+    for path in ("/", "/queues", "/dead", "/retries", "/scheduled", "/dead?queue=a", "/jobs/da",
+                 "/busy", "/stats.json"):
+        assert web.get(path).status_code == 200, path
+    web.get("/dead")
+    token = web.get_cookie("jiggler_csrf").value
+    ref = api.find_job("da").ref
+    response = web.post(f"/dead/{ref}/retry", data={"csrf_token": token},
+                        headers={"Origin": "http://localhost"})
+    assert response.status_code == 303
+    assert client.llen(api.keys.queue("b")) == 1
+
+
+def test_cleaner_on_a_cluster_scans_every_primary(cluster_api, local_cluster):
+    api, client = cluster_api, cluster_api.client
+    other = Keys("other")
+    for i in range(20):
+        push(client, api.keys, f"q{i}", b"x")
+        put(client, api.keys, "dead", f"q{i}", {b"x": 1})
+        push(client, other, f"q{i}", b"x")
+    client.set(api.keys.processed, 1)
+    client.set("unrelated", 1)
+    assert len({node_of(client, api.keys.queue(f"q{i}")) for i in range(20)}) == 3
+    cleaner = Cleaner(client, "")
+    assert cleaner.prune_all_queues() == 20
+    assert cleaner.prune_all() == 20 + 2  # the dead sets, the registry and the counter
+    assert Cleaner(client, "other").prune_all() == 21
+    left = []
+    for node in local_cluster.masters:
+        with redis.Redis(port=node.port) as node_client:
+            left += node_client.keys("*")
+    assert left == [b"unrelated"]

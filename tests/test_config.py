@@ -185,3 +185,18 @@ def test_env_is_read_when_the_config_is_made(monkeypatch):
     monkeypatch.setenv("JIGGLER_REDIS_URL", "redis://second:1/0")
     assert first.redis_url == "redis://first:1/0"
     assert Config().redis_url == "redis://second:1/0"
+
+
+@pytest.mark.parametrize("url", [
+    "redis://h:1/0", "rediss://h/0", "unix:///tmp/r.sock", "redis+sentinel://s1/mymaster",
+    "rediss+sentinel://s1/mymaster", "redis+cluster://n1:7000,n2:7001",
+    "rediss+cluster://n1:7000",
+])
+def test_every_redis_url_form_is_accepted(url):
+    assert Config(redis_url=url).validate().redis_url == url
+
+
+@pytest.mark.parametrize("url", ["http://h/0", "redis+cluster:/n1", "cluster://n1", "n1:6379"])
+def test_other_redis_url_schemes_are_refused(url):
+    with pytest.raises(ConfigError, match="redis url must start with redis://"):
+        Config(redis_url=url).validate()

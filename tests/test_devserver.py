@@ -7,6 +7,7 @@ import os
 import pytest
 import redis
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from jiggler_gevent import devserver
@@ -124,3 +125,58 @@ def test_a_binary_that_exits_at_once_raises(monkeypatch, tmp_path):
             server.start()
     finally:
         server.cleanup()
+
+
+# -- a local Redis Cluster ------------------------------------------------------------------
+
+
+def test_a_local_cluster_serves_every_slot_and_cleanup_stops_exactly_its_processes():
+    other = devserver.LocalServer().start()  # a server that is not part of the cluster
+    try:
+        with devserver.LocalCluster(masters=3) as cluster:
+            pids = [node.process.pid for node in cluster.nodes]
+            assert len(set(node.port for node in cluster.nodes)) == 3
+            assert cluster.url == "redis+cluster://" + ",".join(
+                f"127.0.0.1:{node.port}" for node in cluster.masters)
+            assert cluster.slot_ranges() == [(0, 5460), (5461, 10921), (10922, 16383)]
+            for node in cluster.nodes:
+                client = client_of(node)
+                assert "cluster_state:ok" in client.execute_command("CLUSTER", "INFO").decode()
+                assert devserver._slot_map(client) == [
+                    (first, last, master.port)
+                    for (first, last), master in zip(cluster.slot_ranges(), cluster.masters)]
+                client.close()
+            assert cluster.slot_owner(0) is cluster.masters[0]
+            assert cluster.slot_owner(16383) is cluster.masters[2]
+            # move a slot with a key in it, and back
+            client = client_of(cluster.masters[0])
+            key = next(f"k{n}" for n in range(1000) if key_slot(f"k{n}".encode()) <= 5460)
+            client.set(key, "v")
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            assert cluster.slot_owner(slot) is cluster.masters[0]
+            assert cluster.move_slot(slot, cluster.masters[1]) is cluster.masters[0]
+            assert cluster.slot_owner(slot) is cluster.masters[1]
+            assert client_of(cluster.masters[1]).get(key) == b"v"
+            cluster.move_slot(slot, cluster.masters[0])
+            assert client.get(key) == b"v"
+            client.close()
+        assert not any(is_running(pid) for pid in pids)
+        assert not any(os.path.exists(node.dir) for node in cluster.nodes)
+        assert client_of(other).ping()  # untouched
+    finally:
+        other.cleanup()
+
+
+def test_a_local_cluster_with_replicas():
+    with devserver.LocalCluster(masters=2, replicas=1) as cluster:
+        assert len(cluster.nodes) == 4 and len(cluster.replicas) == 2
+        for index, replica in enumerate(cluster.replicas):
+            info = client_of(replica).info("replication")
+            assert info["role"] == "slave" and info["master_link_status"] == "up"
+            assert info["master_port"] == cluster.masters[index].port
+        assert cluster.url.count(",") == 1  # the url lists the primaries
+
+
+def test_a_local_cluster_refuses_a_silly_size():
+    with pytest.raises(ValueError):
+        devserver.LocalCluster(masters=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import time
 
@@ -22,9 +23,11 @@ from jiggler_gevent.job import (
     lookup,
     registered_names,
 )
+from jiggler_gevent.keys import Keys
 
-QUEUE_KEY = "jiggler:list:{}"
-SCHEDULED = "jiggler:set:scheduled"
+job_module = importlib.import_module("jiggler_gevent.job")  # the package's `job` is @job
+KEYS = Keys()
+QUEUES = b"{jiggler}:queues"
 
 
 class SendMail(Job):
@@ -68,11 +71,19 @@ def build_report(report_id, *, fmt="pdf"):
 
 def pushed(client, queue: str) -> list[dict]:
     """The jobs in a queue, oldest (next to run) first."""
-    return [json.loads(raw) for raw in reversed(client.lrange(QUEUE_KEY.format(queue), 0, -1))]
+    return [json.loads(raw) for raw in reversed(client.lrange(KEYS.queue(queue), 0, -1))]
 
 
 def scheduled(client) -> list[tuple[dict, float]]:
-    return [(json.loads(m), s) for m, s in client.zrange(SCHEDULED, 0, -1, withscores=True)]
+    """Every queue's scheduled jobs, soonest first."""
+    rows = []
+    for key in client.scan_iter(match="{jiggler:q:*}:scheduled"):
+        rows += client.zrange(key, 0, -1, withscores=True)
+    return [(json.loads(m), s) for m, s in sorted(rows, key=lambda row: row[1])]
+
+
+def scheduled_count(client) -> int:
+    return len(scheduled(client))
 
 
 def all_keys(client) -> list[bytes]:
@@ -217,7 +228,7 @@ def test_enqueue_pushes_the_documented_payload(redis_client):
     before = time.time()
     jid = SendMail.enqueue(42)
     after = time.time()
-    raw = redis_client.rpop("jiggler:list:mail")
+    raw = redis_client.rpop(KEYS.queue("mail"))
     job_ = json.loads(raw)
     assert set(job_) == {"name", "args", "jid", "queue", "retries", "enqueued_at"}
     assert job_["name"] == SendMail.name
@@ -246,7 +257,7 @@ def test_enqueue_adds_kwargs_only_when_given_and_retry_queue_only_when_different
 def test_jobs_run_in_enqueue_order(redis_client):
     jids = [Plain.enqueue(i) for i in range(5)]
     assert [j["jid"] for j in pushed(redis_client, "default")] == jids
-    assert json.loads(redis_client.rpop("jiggler:list:default"))["jid"] == jids[0]
+    assert json.loads(redis_client.rpop(KEYS.queue("default")))["jid"] == jids[0]
 
 
 def test_function_job_enqueue(redis_client):
@@ -297,7 +308,8 @@ def test_keyword_arguments_may_have_any_name(redis_client, name):
 def test_function_job_with_options(redis_client):
     add.with_options(queue="math").enqueue(1, 1)
     assert [j["args"] for j in pushed(redis_client, "math")] == [[1, 1]]
-    assert all_keys(redis_client) == [b"jiggler:list:math"]
+    assert all_keys(redis_client) == [b"{jiggler:q:math}:pending", QUEUES]
+    assert redis_client.smembers(QUEUES) == {b"math"}
 
 
 @pytest.mark.parametrize(
@@ -340,14 +352,16 @@ def test_namespace_prefix_is_applied(redis_client):
     Plain.enqueue(1)
     Plain.enqueue_in(300, 2)
     Plain.enqueue_bulk([[3]])
-    assert all_keys(redis_client) == [b"myapp:jiggler:list:default", b"myapp:jiggler:set:scheduled"]
-    assert redis_client.llen("myapp:jiggler:list:default") == 2
+    assert all_keys(redis_client) == [b"{myapp:jiggler:q:default}:pending",
+                                      b"{myapp:jiggler:q:default}:scheduled", b"{myapp:jiggler}:queues"]
+    assert redis_client.llen(Keys("myapp").queue("default")) == 2
+    assert redis_client.smembers(Keys("myapp").queues) == {b"default"}
 
 
 def test_configure_with_a_client_of_your_own(redis_client, redis_url):
     jiggler_gevent.configure(client=redis_client)
     Plain.enqueue(1)
-    assert redis_client.llen("jiggler:list:default") == 1
+    assert redis_client.llen(KEYS.queue("default")) == 1
 
 
 def test_concurrent_enqueues_from_many_greenlets(redis_client):
@@ -356,7 +370,8 @@ def test_concurrent_enqueues_from_many_greenlets(redis_client):
     pool = gevent.pool.Pool(200)
     jids = pool.map(lambda i: Plain.enqueue(i), range(400))
     assert len(set(jids)) == 400
-    assert redis_client.llen("jiggler:list:default") == 400
+    assert redis_client.llen(KEYS.queue("default")) == 400
+    assert redis_client.smembers(QUEUES) == {b"default"}
 
 
 # -- scheduling ------------------------------------------------------------------------------------
@@ -366,10 +381,11 @@ def test_enqueue_in_adds_to_the_scheduled_set_with_its_queue(redis_client):
     before = time.time()
     jid = SendMail.enqueue_in(120, 7)
     after = time.time()
-    assert redis_client.llen("jiggler:list:mail") == 0
+    assert redis_client.llen(KEYS.queue("mail")) == 0
     ((job_, score),) = scheduled(redis_client)
     assert job_["jid"] == jid and job_["args"] == [7]
     assert job_["queue"] == "mail"  # seed defect 2: delayed jobs landed on default
+    assert redis_client.zcard(KEYS.scheduled("mail")) == 1  # the queue's own scheduled set
     assert before + 120 <= score <= after + 120
 
 
@@ -402,14 +418,14 @@ def test_enqueue_at_a_datetime(redis_client):
                                   lambda: datetime.datetime(2000, 1, 1)])
 def test_enqueue_at_a_past_time_pushes_to_the_queue(redis_client, when):
     jid = SendMail.enqueue_at(when(), 1)
-    assert redis_client.zcard(SCHEDULED) == 0
+    assert scheduled_count(redis_client) == 0
     assert [j["jid"] for j in pushed(redis_client, "mail")] == [jid]
 
 
 def test_enqueue_in_zero_or_negative_pushes_to_the_queue(redis_client):
     Plain.enqueue_in(0, 1)
     Plain.enqueue_in(-5, 2)
-    assert redis_client.zcard(SCHEDULED) == 0
+    assert scheduled_count(redis_client) == 0
     assert [j["args"] for j in pushed(redis_client, "default")] == [[1], [2]]
 
 
@@ -430,6 +446,124 @@ def test_enqueue_at_refuses_bad_times(redis_client, when):
     with pytest.raises(EnqueueError):
         Plain.enqueue_at(when, 1)
     assert all_keys(redis_client) == []
+
+
+# -- the queue registry ------------------------------------------------------------------------------
+
+
+class Recording(redis.Redis):
+    """A client that notes each round trip: a command's name, or "pipeline" and the
+    commands it carried."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.trips: list = []
+
+    def execute_command(self, *args, **options):
+        self.trips.append(args[0])
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = super().pipeline(transaction, shard_hint)
+        real_execute = pipe.execute
+
+        def execute(raise_on_error=True):
+            self.trips.append(("pipeline", tuple(c[0][0] for c in pipe.command_stack)))
+            return real_execute(raise_on_error)
+
+        pipe.execute = execute
+        return pipe
+
+
+@pytest.fixture
+def recording(redis_client, redis_url):
+    client = Recording.from_url(redis_url)
+    jiggler_gevent.configure(client=client)
+    yield client
+    client.close()
+
+
+def test_first_enqueue_to_a_queue_registers_it_in_the_same_round_trip(redis_client, recording):
+    SendMail.enqueue(1)
+    assert recording.trips == [("pipeline", ("SADD", "LPUSH"))]
+    recording.trips.clear()
+    SendMail.enqueue(2)
+    Plain.enqueue(3)
+    SendMail.enqueue(4)
+    Plain.enqueue(5)
+    assert recording.trips == ["LPUSH", ("pipeline", ("SADD", "LPUSH")), "LPUSH", "LPUSH"]
+    assert redis_client.smembers(QUEUES) == {b"mail", b"default"}
+    assert len(pushed(redis_client, "mail")) == 3
+
+
+def test_registry_cache_is_per_client_and_namespace_and_expires(redis_client, recording,
+                                                               monkeypatch):
+    SendMail.enqueue(1)
+    jiggler_gevent.configure(namespace="other")
+    SendMail.enqueue(2)  # another namespace: its own registry
+    assert redis_client.smembers(Keys("other").queues) == {b"mail"}
+    jiggler_gevent.configure(namespace="")
+    recording.trips.clear()
+    monkeypatch.setattr(job_module, "REGISTRY_REFRESH_S", 0.0)
+    SendMail.enqueue(3)
+    assert recording.trips == [("pipeline", ("SADD", "LPUSH"))]  # one client+namespace at a time
+    redis_client.delete(KEYS.queues)  # FLUSHDB, clean --everything...
+    SendMail.enqueue(4)
+    assert redis_client.smembers(QUEUES) == {b"mail"}  # sent again once the time is up
+    monkeypatch.undo()
+    SendMail.enqueue(5)
+    recording.trips.clear()
+    SendMail.enqueue(6)
+    assert recording.trips == ["LPUSH"]
+    job_module.forget_registered_queues()
+    SendMail.enqueue(7)
+    assert recording.trips == ["LPUSH", ("pipeline", ("SADD", "LPUSH"))]
+
+
+def test_scheduling_always_registers_the_queue(redis_client, recording):
+    SendMail.enqueue(1)
+    recording.trips.clear()
+    SendMail.enqueue_in(60, 2)
+    SendMail.with_options(queue="later").enqueue_at(time.time() + 60, 3)
+    assert recording.trips == [("pipeline", ("SADD", "ZADD"))] * 2
+    assert redis_client.smembers(QUEUES) == {b"mail", b"later"}
+    assert redis_client.zcard(KEYS.scheduled("mail")) == 1
+    assert redis_client.zcard(KEYS.scheduled("later")) == 1
+    recording.trips.clear()
+    SendMail.with_options(queue="past").enqueue_at(1.0, 4)  # due: pushed, registered
+    assert recording.trips == [("pipeline", ("SADD", "LPUSH"))]
+    assert redis_client.sismember(QUEUES, "past")
+
+
+def test_bulk_enqueue_registers_its_queues_with_one_sadd(redis_client, recording):
+    SendMail.enqueue(0)
+    recording.trips.clear()
+    items = [[i] for i in range(5)]
+    SendMail.enqueue_bulk(items)
+    assert recording.trips == [("pipeline", ("LPUSH",))]  # mail is registered already
+    recording.trips.clear()
+    jids = Enqueuer(Plain).with_options(queue="b1").enqueue_bulk(items, chunk_size=2)
+    assert recording.trips == [("pipeline", ("SADD", "LPUSH", "LPUSH", "LPUSH"))]
+    assert len(jids) == 5 and redis_client.smembers(QUEUES) == {b"mail", b"b1"}
+    recording.trips.clear()
+    assert Plain.enqueue_bulk([]) == []
+    assert recording.trips == []
+
+
+def test_a_vetoed_job_registers_nothing(redis_client, recording):
+    from jiggler_gevent import middleware
+
+    def veto(job_class, job_, call_next):
+        return None
+
+    middleware.add_client(veto)
+    try:
+        assert SendMail.enqueue(1) is None
+        assert SendMail.enqueue_in(60, 1) is None
+        assert SendMail.enqueue_bulk([[1], [2]]) == [None, None]
+    finally:
+        middleware.remove(veto)
+    assert recording.trips == [] and all_keys(redis_client) == []
 
 
 # -- bulk ---------------------------------------------------------------------------------------------
@@ -456,6 +590,7 @@ def test_enqueue_bulk_in_chunks(redis_client, fresh_server):
         jids = Enqueuer(Plain).enqueue_bulk([[i] for i in range(10)], chunk_size=3)
         stats = client.info("commandstats")
         assert stats["cmdstat_lpush"]["calls"] == 4  # 3 + 3 + 3 + 1
+        assert stats["cmdstat_sadd"]["calls"] == 1  # the registry, once
         jobs = pushed(client, "default")
         assert [j["jid"] for j in jobs] == jids
         assert [j["args"] for j in jobs] == [[i] for i in range(10)]
@@ -470,7 +605,7 @@ def test_enqueue_bulk_of_nothing(redis_client):
 
 def test_enqueue_bulk_accepts_a_generator(redis_client):
     assert len(add.enqueue_bulk([i, i] for i in range(3))) == 3
-    assert redis_client.llen("jiggler:list:default") == 3
+    assert redis_client.llen(KEYS.queue("default")) == 3
 
 
 @pytest.mark.parametrize(

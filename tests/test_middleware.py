@@ -123,7 +123,7 @@ def test_client_middleware_can_veto(redis_client, how):
     jids = Echo.enqueue_bulk([["ham"], ["spam"], ["eggs"]])
     assert jids[1] is None and jids[0] and jids[2]
     assert [job["args"] for job in queued(redis_client)] == [["eggs"], ["ham"]]
-    assert redis_client.zcard(KEYS.scheduled) == 0
+    assert redis_client.zcard(KEYS.scheduled("default")) == 0
 
 
 def test_client_middleware_can_reroute_bulk_jobs_per_queue(redis_client):
@@ -210,7 +210,7 @@ def test_server_middleware_error_is_a_job_failure_and_goes_to_retry(redis_client
     launcher = make_launcher()
     Echo.enqueue("x")
     assert _worker(launcher).process(launcher.fetcher.fetch()) == "retry"
-    [(raw, _)] = redis_client.zrange(KEYS.retries, 0, -1, withscores=True)
+    [(raw, _)] = redis_client.zrange(KEYS.retries("default"), 0, -1, withscores=True)
     entry = json.loads(raw)
     assert entry["error_class"] == "RuntimeError" and entry["error_message"] == "report failed"
     assert launcher.stats.failed == 1
@@ -253,7 +253,7 @@ def test_server_middleware_runs_inside_the_job_timeout(redis_client, make_launch
     launcher = make_launcher()
     Slow.enqueue()
     assert _worker(launcher).process(launcher.fetcher.fetch()) == "dead"
-    [raw] = redis_client.zrange(KEYS.dead, 0, -1)
+    [raw] = redis_client.zrange(KEYS.dead("default"), 0, -1)
     assert json.loads(raw)["error_class"] == "JobTimeout"
 
 

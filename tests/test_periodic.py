@@ -121,7 +121,7 @@ def test_declared_on_a_class_a_function_and_in_config():
 
 def pushed(client) -> list[dict]:
     out = []
-    for key in client.keys("jiggler:list:*"):
+    for key in client.keys("{jiggler:q:*}:pending"):
         out += [json.loads(raw) for raw in client.lrange(key, 0, -1)]
     return out
 
@@ -171,7 +171,7 @@ def test_missed_ticks_after_downtime_run_once_for_the_latest(redis_client, redis
 def test_unknown_job_is_skipped_without_claiming(redis_client, redis_url, caplog):
     [scheduler] = make_schedulers(redis_url, 1, [periodic.Schedule(job="per.nobody", every=1)])
     assert scheduler.tick_once(100.5) == [] and scheduler.tick_once(101.5) == []
-    assert redis_client.hgetall(KEYS.periodic_last) == {}
+    assert redis_client.keys("*periodic:last*") == []  # no queue's tick hash
     assert caplog.text.count("skipped here") == 1  # said once, not every tick
 
 
@@ -183,6 +183,31 @@ def test_published_schedules_list_their_next_run(redis_client, redis_url):
     [info] = periodic.list_schedules(redis_client, KEYS, ts(2025, 1, 1, 10, 0, 5))
     assert info["name"] == "per.beat" and info["every"] == 60 and info["tz"] == PARIS
     assert info["next_run"] == ts(2025, 1, 1, 10, 1) and info["last_tick"] == ts(2025, 1, 1, 10, 0)
+    assert redis_client.hget(KEYS.queue_keys("default").periodic_last, "per.beat") is not None
+
+
+def test_list_schedules_reads_each_schedules_tick_in_its_queue(redis_client):
+    """The read side alone: descriptions in the global hash, ticks in the hash of the
+    schedule's queue; a description without a queue takes the latest tick found in any
+    known queue's hash; unreadable descriptions are skipped."""
+    redis_client.hset(KEYS.periodic_schedules, mapping={
+        "in-low": json.dumps({"name": "in-low", "job": "per.beat", "every": 60, "queue": "low"}),
+        "no-queue": json.dumps({"name": "no-queue", "job": "per.beat", "every": 30}),
+        "future": json.dumps({"name": "future", "job": "x", "every": 10, "new_option": 1}),
+        "never": json.dumps({"name": "never", "job": "x", "every": 10, "queue": "quiet"}),
+        "junk": "{not json", "list": "[1]",
+    })
+    redis_client.sadd(KEYS.queues, "low", "default", "other")
+    redis_client.hset(KEYS.queue_keys("low").periodic_last, mapping={"in-low": 120, "no-queue": 60})
+    redis_client.hset(KEYS.queue_keys("default").periodic_last, "no-queue", 90)
+    redis_client.hset(KEYS.queue_keys("other").periodic_last, "in-low", 999)  # not its queue
+    infos = {i["name"]: i for i in periodic.list_schedules(redis_client, KEYS, 100.0)}
+    assert sorted(infos) == ["future", "in-low", "never", "no-queue"]
+    assert infos["in-low"]["last_tick"] == 120.0 and infos["in-low"]["next_run"] == 120.0
+    assert infos["no-queue"]["last_tick"] == 90.0
+    assert infos["never"]["last_tick"] is None
+    assert infos["future"]["next_run"] == 110.0  # unknown fields do not hide the schedule
+    assert periodic.list_schedules(redis_client, Keys("empty"), 100.0) == []
 
 
 def test_launcher_runs_the_scheduler_only_when_there_are_schedules(redis_client, redis_url):

@@ -3,6 +3,11 @@
 Owns loading the ``*.lua`` files beside this module with ``register_script``
 (which re-loads a script after NOSCRIPT, e.g. after a restart or SCRIPT FLUSH).
 Must not decide policy: callers choose keys and arguments.
+
+Every script touches keys of one Redis Cluster slot per call (each header says which),
+so the scripts run on a ``RedisCluster`` client too: redis-py routes a call by its
+keys, and after ``NOSCRIPT`` it loads the script on every primary. Never call a script
+inside a transaction pipeline (a cluster MULTI cannot carry one).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from importlib import resources
 
 import redis
 
-SCRIPT_NAMES = ("fetch", "schedule", "requeue", "drain", "stats", "recover", "move_entry")
+SCRIPT_NAMES = ("fetch", "schedule", "requeue", "drain", "stats", "recover", "unregister",
+                "move_entry")
 
 
 @functools.cache

@@ -5,6 +5,10 @@
 -- ARGV[2] == "0" (at-most-once): KEYS are the queues; each job is popped from the right.
 -- ARGV[3] = n acks, followed by n pairs (queue index, payload): each payload is removed
 --   once from that queue's in-progress list, searching from the oldest end.
+-- Cluster slots: a queue's pending and in-progress lists share the queue's slot. On a
+-- single server one call may span every queue; on a Redis Cluster the fetcher calls
+-- this once per queue (KEYS of one queue, only that queue's acks). With ARGV[1] = 0 it
+-- only acks.
 -- Returns a flat array {queue_index, payload, queue_index, payload, ...} (1-based index).
 local want = tonumber(ARGV[1])
 local move = ARGV[2] == "1"
@@ -17,6 +21,7 @@ end
 local out = {}
 local index = 0
 for i = 1, #KEYS, step do
+  if want <= 0 then break end
   index = index + 1
   while want > 0 do
     local job
@@ -30,6 +35,5 @@ for i = 1, #KEYS, step do
     out[#out + 1] = job
     want = want - 1
   end
-  if want == 0 then break end
 end
 return out

@@ -4,6 +4,8 @@
 -- there (LREM removed it), so a job is never pushed back twice.
 -- Pass the queue key itself as the in-progress key for at-most-once jobs,
 -- which are no longer in Redis: they are pushed back unconditionally.
+-- Cluster slots: each pair is in its queue's slot. On a single server one call may
+-- cover several queues; on a Redis Cluster the fetcher calls this once per queue.
 -- Returns the number of jobs pushed back.
 local pushed = 0
 for i = 1, #ARGV do

@@ -1,6 +1,7 @@
 -- Add job counts to the totals and the per-day history, each batch at most once.
 -- KEYS[1] processed total, KEYS[2] failures total, KEYS[3] processed of the day,
--- KEYS[4] failures of the day, KEYS[5] this process's last applied batch number.
+-- KEYS[4] failures of the day, KEYS[5] this process's last applied batch number (all in
+-- the global cluster slot; the heartbeat calls this after its MULTI, never inside it).
 -- ARGV[1] history TTL (s), ARGV[2] TTL of the batch marker (s), then triples
 -- (batch number, processed, failed) in increasing batch order. A batch whose number is
 -- not above the marker was applied already (its reply was lost): it is skipped, so a

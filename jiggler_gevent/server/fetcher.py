@@ -5,6 +5,12 @@ atomically into this process's in-progress list, so a crash cannot lose them.
 Workers call :meth:`Fetcher.fetch` for one job each; the idle workers share one
 Redis round trip, which reserves up to as many jobs as there are idle workers and
 never more. Must not run jobs or decide their outcome (that is the worker's).
+
+Cluster slots: a queue's pending list and this process's in-progress list of it
+share the queue's slot. On a single server one ``fetch.lua`` call spans every
+queue (one round trip, the fast path); on a Redis Cluster client each call covers
+one queue, called in the round's queue order until the batch is filled, and the
+blocking wait rotates over the queues one key at a time.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import redis
 from gevent.event import Event
 
 from ..config import AT_LEAST_ONCE, Config
+from ..connection import is_cluster
 from ..keys import Keys
 from ..scripts import Scripts
 from .backoff import REDIS_ERRORS, Backoff
 
 log = logging.getLogger(__name__)
 
-MULTI_QUEUE_BLOCK_S = 0.2  # blocking slice per queue when several queues share a move
+MULTI_QUEUE_BLOCK_S = 0.2  # blocking slice per queue when one blocking call cannot cover all
 
 
 class UnitOfWork:
@@ -36,16 +43,15 @@ class UnitOfWork:
     keys the requeue script needs to push the job back to the head of its queue.
     """
 
-    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned", "queue_index")
+    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned", "pushed_back")
 
-    def __init__(self, queue: str, queue_key: str, reserved_key: Optional[str], raw: bytes,
-                 queue_index: int = 0):
+    def __init__(self, queue: str, queue_key: str, reserved_key: Optional[str], raw: bytes):
         self.queue = queue
         self.queue_key = queue_key
         self.reserved_key = reserved_key
         self.raw = raw
-        self.queue_index = queue_index  # 1-based position in the fetcher's queue list
         self.abandoned = False  # set at hard shutdown: the job was pushed back already
+        self.pushed_back = False  # requeue() pushed it back: never again (at-most-once)
 
     def acknowledge_into(self, pipe: redis.client.Pipeline) -> None:
         if self.reserved_key is not None:
@@ -61,6 +67,9 @@ class UnitOfWork:
         return f"<UnitOfWork queue={self.queue} bytes={len(self.raw)}>"
 
 
+_TAKING = UnitOfWork("", "", None, b"")  # stands in for a suspect while one is being taken
+
+
 class Fetcher:
     """Hands reserved jobs to worker greenlets, fetching in shared batches."""
 
@@ -72,6 +81,7 @@ class Fetcher:
         self.keys = keys
         self.identity = identity
         self.reliable = config.mode == AT_LEAST_ONCE
+        self.cluster = is_cluster(client)  # then a script call covers one queue's slot
         self.stopping = False
         self._queues = [
             (name, weight, keys.queue(name), keys.in_progress(name, identity))
@@ -133,7 +143,18 @@ class Fetcher:
         return self._waiting >= self.concurrency and not self.held
 
     def _take_suspect(self) -> Optional[UnitOfWork]:
-        """Reserve one quarantined job to run with nothing else beside it."""
+        """Reserve one quarantined job to run with nothing else beside it (the quarantine
+        list and our in-progress list of a queue share the queue's slot)."""
+        # Claim the turn before the Redis call: the LMOVE yields to the hub, and the other
+        # idle workers, seeing nothing held yet, would each take a suspect of their own.
+        self.isolating = _TAKING
+        try:
+            return self._take_one_suspect()
+        finally:
+            if self.isolating is _TAKING:
+                self.isolating = None
+
+    def _take_one_suspect(self) -> Optional[UnitOfWork]:
         try:
             for name, _, queue_key, reserved_key in self._queues:
                 raw = self.client.lmove(self.keys.quarantine(name), reserved_key, "RIGHT", "LEFT")
@@ -202,14 +223,17 @@ class Fetcher:
         return ordered
 
     def _reserve_batch(self, count: int) -> list[UnitOfWork]:
-        """Send the pending acks and reserve up to ``count`` jobs, in one script call."""
+        """Send the pending acks and reserve up to ``count`` jobs: one script call on a
+        single server (it spans every queue), one per queue on a cluster."""
         queues = self._ordered_queues()
+        acks, self.pending_acks = self.pending_acks, []
+        if self.cluster and len(queues) > 1:
+            return self._reserve_per_queue(queues, count, acks)
         keys: list[str] = []
         for _, _, queue_key, reserved_key in queues:
             keys.append(queue_key)
             if self.reliable:
                 keys.append(reserved_key)
-        acks, self.pending_acks = self.pending_acks, []
         args: list = [count, 1 if self.reliable else 0, len(acks)]
         if acks:
             position = {q[2]: i for i, q in enumerate(queues, 1)}
@@ -229,9 +253,53 @@ class Fetcher:
                                     reply[i + 1]))
         return units
 
+    def _reserve_per_queue(self, queues: list[tuple], count: int,
+                           acks: list[UnitOfWork]) -> list[UnitOfWork]:
+        """The cluster form of :meth:`_reserve_batch`: ``fetch.lua`` once per queue (its
+        pending and in-progress lists, and only its own acks), in the round's order,
+        until the batch is filled; a queue with acks but no room left gets a call that
+        only acks."""
+        by_queue: dict[str, list[UnitOfWork]] = {}
+        for unit in acks:
+            by_queue.setdefault(unit.queue_key, []).append(unit)
+        units: list[UnitOfWork] = []
+        for name, _, queue_key, reserved_key in queues:
+            want = count - len(units)
+            queue_acks = by_queue.pop(queue_key, [])
+            if want <= 0 and not queue_acks:
+                continue
+            args: list = [want, 1 if self.reliable else 0, len(queue_acks)]
+            for unit in queue_acks:
+                args += (1, unit.raw)
+            keys = [queue_key, reserved_key] if self.reliable else [queue_key]
+            try:
+                reply = self.scripts.fetch(keys=keys, args=args)
+            except BaseException as exc:
+                self.pending_acks[:0] = queue_acks + [u for g in by_queue.values() for u in g]
+                if not units:
+                    raise
+                self._reply_lost = True  # jobs reserved but, if we raise, never handed out
+                if not isinstance(exc, REDIS_ERRORS):
+                    raise
+                log.warning("fetch from queue %s failed, keeping the %d job(s) reserved "
+                            "from the others: %s: %s", name, len(units), type(exc).__name__, exc)
+                return units
+            if queue_acks:
+                self.release(queue_acks)
+            reserved = reserved_key if self.reliable else None
+            for i in range(1, len(reply), 2):
+                units.append(UnitOfWork(name, queue_key, reserved, reply[i]))
+        if by_queue:  # acks of a queue we do not fetch from (cannot happen): keep them
+            self.pending_acks[:0] = [u for g in by_queue.values() for u in g]
+        return units
+
     def _reserve_blocking(self) -> list[UnitOfWork]:
+        """Wait up to the fetch timeout for one job. At-most-once on a single server:
+        one BRPOP over every queue. Otherwise one queue at a time (BLMOVE takes one
+        source list; on a cluster BRPOP may name keys of one slot only), in slices of
+        :data:`MULTI_QUEUE_BLOCK_S` when there are several queues."""
         timeout = self.config.fetch_timeout
-        if not self.reliable:
+        if not self.reliable and (not self.cluster or len(self._queues) == 1):
             reply = self.client.brpop([q[2] for q in self._ordered_queues()], timeout=timeout)
             if reply is None:
                 return []
@@ -241,25 +309,40 @@ class Fetcher:
                 if queue_key == key:
                     return [UnitOfWork(name, queue_key, None, raw)]
             raise RuntimeError(f"BRPOP answered from a key we did not ask for: {key!r}")
-        # BLMOVE takes one source list: block on one queue at a time, in turn
         if len(self._queues) > 1:
             timeout = min(timeout, MULTI_QUEUE_BLOCK_S)
         self._block_turn = (self._block_turn + 1) % len(self._queues)
         name, _, queue_key, reserved_key = self._ordered_queues()[0] \
             if not self.config.is_strict else self._queues[self._block_turn]
+        if not self.reliable:
+            reply = self.client.brpop([queue_key], timeout=timeout)
+            return [] if reply is None else [UnitOfWork(name, queue_key, None, reply[1])]
         raw = self.client.blmove(queue_key, reserved_key, timeout, "RIGHT", "LEFT")
         return [] if raw is None else [UnitOfWork(name, queue_key, reserved_key, raw)]
 
     # giving jobs back -------------------------------------------------------------
 
     def requeue(self, units: list[UnitOfWork]) -> int:
-        """Push jobs back to the head of their queues (one script call); returns how many."""
+        """Push jobs back to the head of their queues; returns how many. One script call
+        on a single server, one per queue on a cluster. A unit is pushed back once: a
+        call again after an error skips the units an earlier call already pushed."""
+        units = [u for u in units if not u.pushed_back]
         if not units:
             return 0
+        if not self.cluster:
+            return self._requeue_together(units)
+        by_queue: dict[str, list[UnitOfWork]] = {}
+        for unit in units:
+            by_queue.setdefault(unit.queue_key, []).append(unit)
+        return sum(self._requeue_together(group) for group in by_queue.values())
+
+    def _requeue_together(self, units: list[UnitOfWork]) -> int:
         keys: list[str] = []
         for unit in units:
             keys.extend(unit.requeue_keys)
         pushed = int(self.scripts.requeue(keys=keys, args=[u.raw for u in units]))
+        for unit in units:
+            unit.pushed_back = True
         self.release(units)
         return pushed
 
@@ -283,13 +366,17 @@ class Fetcher:
         After a fetch whose reply was lost, the server may have moved jobs that we
         never received; they would sit in our in-progress list until we exit. At
         exit (``everything=True``, when no worker runs any more) this drains the lists.
+        Each step touches one queue's keys (one cluster slot).
         """
         if not self.reliable:
             return 0
-        held_raw = collections.Counter() if everything else \
-            collections.Counter(u.raw for u in self.held)
+        held: dict[str, collections.Counter] = {}
+        if not everything:
+            for unit in self.held:
+                held.setdefault(unit.queue_key, collections.Counter())[unit.raw] += 1
         moved = 0
         for name, _, queue_key, reserved_key in self._queues:
+            held_raw = held.get(queue_key)
             if not held_raw:
                 moved += int(self.scripts.drain(keys=[reserved_key, queue_key]))
                 continue
@@ -304,4 +391,3 @@ class Fetcher:
         if moved:
             log.warning("pushed back %d reserved job(s) that no worker held", moved)
         return moved
-

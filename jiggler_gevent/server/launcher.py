@@ -75,7 +75,7 @@ class Launcher:
                                quiet=lambda: self.fetcher.stopping,
                                reservation_keys=self.fetcher.reservation_keys,
                                on_command=self._on_command)
-        self.poller = Poller(config, self.scripts, self.keys)
+        self.poller = Poller(config, self.client, self.scripts, self.keys)
         self.requeuer = Requeuer(config, self.client, self.scripts, self.keys, self.identity,
                                  on_quarantine=self.fetcher.quarantine_waiting)
         self.supervisor = Supervisor(config.watchdog_threshold) \

@@ -5,7 +5,10 @@ Redis without a leader: for a due tick each process runs :data:`CLAIM_LUA`, whic
 compares the tick with the schedule's last recorded tick, records it and pushes the
 job in one atomic step. Only the first process to arrive pushes; the others see the
 tick recorded. Claim and push cannot be separated by a crash. The jid is derived from
-the schedule name and the tick, so a tick's job is recognisable in logs.
+the schedule name and the tick, so a tick's job is recognisable in logs. The last
+ticks are kept per queue (``keys.queue_keys(queue).periodic_last``), beside the
+queue's pending list, so the claim touches one cluster slot; the published schedule
+descriptions carry the queue, so readers know where a schedule's last tick is.
 
 :meth:`PeriodicScheduler.tick_once` is one step (tests call it with any ``now``);
 :meth:`run` is the driver. Must not run jobs. The declarations and the time math
@@ -37,7 +40,8 @@ log = logging.getLogger(__name__)
 MAX_SLEEP_S = 1.0  # the loop wakes at least this often (to notice a stop)
 WAKE_MARGIN_S = 0.005  # sleep a hair past the tick so `now` is surely at or after it
 
-# KEYS[1] hash schedule name -> last tick, KEYS[2] the job's queue list
+# KEYS[1] the queue's hash schedule name -> last tick, KEYS[2] the queue's pending list
+# (both in the queue's cluster slot)
 # ARGV[1] schedule name, ARGV[2] tick (epoch seconds), ARGV[3] payload
 # returns 1 pushed, 0 tick already taken, 2 first sight of the schedule (recorded, not pushed)
 CLAIM_LUA = """
@@ -89,7 +93,8 @@ class PeriodicScheduler:
         job = self._payload(schedule, tick)
         if job is None:
             return None
-        result = self._claim(keys=[self.keys.periodic_last, self.keys.queue(job["queue"])],
+        queue = self.keys.queue_keys(job["queue"])
+        result = self._claim(keys=[queue.periodic_last, queue.pending],
                              args=[schedule.name, repr(tick), _payload.dumps(job)])
         if result == 1:
             log.info("periodic schedule=%s tick=%.3f enqueued jid=%s", schedule.name, tick,
@@ -116,10 +121,33 @@ class PeriodicScheduler:
         return _middleware.run_client(job_class, job)
 
     def publish(self) -> None:
-        """Write each schedule's description where dashboards read it."""
-        if self.schedules:
-            self.client.hset(self.keys.periodic_schedules, mapping={
-                s.name: ujson.dumps(s.describe()) for s in self.schedules})
+        """Write each schedule's description where dashboards read it, with the queue its
+        jobs go to (where its last tick is kept), and register those queues."""
+        if not self.schedules:
+            return
+        described, queues = {}, set()
+        for schedule in self.schedules:
+            info = schedule.describe()
+            queue = self._queue_of(schedule)
+            if queue is not None:
+                info["queue"] = queue
+                queues.add(queue)
+            described[schedule.name] = ujson.dumps(info)
+        with self.client.pipeline(transaction=True) as pipe:  # the global slot
+            pipe.hset(self.keys.periodic_schedules, mapping=described)
+            if queues:
+                pipe.sadd(self.keys.queues, *sorted(queues))
+            pipe.execute()
+
+    @staticmethod
+    def _queue_of(schedule: Schedule) -> Optional[str]:
+        """The queue a schedule's jobs go to, or None when its job is unknown here."""
+        if schedule.queue:
+            return schedule.queue
+        try:
+            return lookup(schedule.job).queue
+        except UnknownJobError:
+            return None
 
     def seconds_to_next(self, now: float) -> float:
         """How long the loop may sleep: to the next tick, at most :data:`MAX_SLEEP_S`."""

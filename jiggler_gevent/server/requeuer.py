@@ -1,13 +1,16 @@
 """Recovering the jobs of worker processes that died: the orphan requeuer.
 
 Owns, every ``requeue_interval`` (with jitter), one look at the reservations
-registry (``jiggler:reservations``: in-progress list -> owner identity, written by
-every heartbeat). A list whose owner has no live heartbeat is recovered by
-``recover.lua``, which re-checks the heartbeat atomically, moves the jobs back to
+registry (``keys.reservations``: in-progress list -> owner identity, written by
+every heartbeat). A list whose owner has no heartbeat hash any more is recovered by
+``recover.lua``, in the list's queue slot, which checks the owner's lease in that
+queue (a TTL key the owner's heartbeat refreshes) atomically, moves the jobs back to
 the head of their queue, and sends a job recovered more than ``max_recoveries``
-times to the dead set as a poison pill. It also prunes registry entries of
-processes whose heartbeat is long gone. Must not touch a live process's list,
-run jobs, or decode payloads.
+times to the queue's dead set as a poison pill. After a recovery ``unregister.lua``
+drops the list from the reservations registry and the owner from the process
+registry (global keys, so not in the queue's script), unless the owner came back.
+It also prunes registry entries of processes whose heartbeat is long gone. Must not
+touch a live process's list, run jobs, or decode payloads.
 """
 
 from __future__ import annotations
@@ -61,25 +64,29 @@ class Requeuer(IntervalLoop):
             candidates = [c for c, live in zip(candidates, alive) if not live]
         moved = buried = 0
         for key, owner in candidates:
-            queue = self._queue_of(key, owner)
-            if queue is None:
+            parsed = self.keys.queue_of_in_progress(key)
+            if parsed is None or parsed[1] != owner:  # not a key we build: drop the entry
                 self.client.hdel(self.keys.reservations, key)
                 continue
+            queue = self.keys.queue_keys(parsed[0])
             result = self.scripts.recover(
-                keys=[key, self.keys.queue(queue), self.keys.process(owner),
-                      self.keys.reservations, self.keys.recoveries, self.keys.dead,
-                      self.keys.processes, self.keys.quarantine(queue)],
-                args=[self.config.max_recoveries, repr(now), owner, RECOVERY_COUNTS_TTL_S,
-                      self.config.max_dead_jobs, repr(now - self.config.dead_timeout)],
+                keys=[key, queue.pending, queue.lease(owner), queue.recoveries, queue.dead,
+                      queue.quarantine],
+                args=[self.config.max_recoveries, repr(now), RECOVERY_COUNTS_TTL_S,
+                      self.config.max_dead_jobs, repr(now - self.config.dead_timeout),
+                      queue.name],
             )
             if int(result[0]) < 0:
-                continue  # the owner came back between our check and the script
+                continue  # its lease is live: the owner came back, or never left
+            self.scripts.unregister(  # the global slot: not in the queue's script
+                keys=[self.keys.process(owner), self.keys.reservations, self.keys.processes],
+                args=[key, owner])
             moved += int(result[0])
             buried += int(result[1])
             if int(result[0]) or int(result[1]):
                 log.warning("recovered %d job(s) of dead process %s from queue %s "
-                            "(%d poison pill(s) to the dead set)", int(result[0]), owner, queue,
-                            int(result[1]))
+                            "(%d poison pill(s) to the dead set)", int(result[0]), owner,
+                            queue.name, int(result[1]))
         self._prune_registry(now)
         if self.queues:
             with self.client.pipeline(transaction=False) as pipe:
@@ -88,13 +95,6 @@ class Requeuer(IntervalLoop):
                 if any(pipe.execute()):
                     self.on_quarantine()
         return moved, buried
-
-    def _queue_of(self, key: str, owner: str) -> Optional[str]:
-        """The queue of an in-progress key we built ourselves (``<prefix><q>:in_progress:<id>``)."""
-        suffix = f":in_progress:{owner}"
-        if not key.endswith(suffix):
-            return None
-        return self.keys.queue_name(key[: -len(suffix)])
 
     def _prune_registry(self, now: float) -> None:
         cutoff = now - PRUNE_AFTER_TTLS * self.config.heartbeat_ttl

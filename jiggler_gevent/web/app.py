@@ -25,6 +25,7 @@ import ujson
 from .. import api as _api
 from ..config import default_redis_url
 from ..connection import make_client
+from ..keys import valid_queue_name
 from ..version import __version__
 from .http import CSRF_FIELD, Request, Response
 
@@ -35,7 +36,7 @@ except ImportError:  # pragma: no cover - reported when the app is built
 
 QUEUE = r"(?P<queue>[A-Za-z0-9_.\-]{1,128})"
 SET = r"(?P<set>retries|scheduled|dead)"
-REF = r"(?P<ref>-?[0-9][0-9.e+\-]{0,30}_[0-9a-f]{40}|-?inf_[0-9a-f]{40})"
+REF = r"(?P<ref>[A-Za-z0-9_.\-]{1,128}:(?:-?[0-9][0-9.e+\-]{0,30}|-?inf):[0-9a-f]{40})"
 STATIC_FILES = {"dashboard.js": "text/javascript; charset=utf-8",
                 "dashboard.css": "text/css; charset=utf-8"}
 PAGE_SIZES = (1, _api.MAX_PAGE_SIZE)
@@ -141,8 +142,18 @@ class Dashboard:
                 request.number("count", PAGE_SIZES[0], PAGE_SIZES[1], DEFAULT_PAGE_SIZE))
 
     @staticmethod
-    def back(request: Request, path: str, done: str) -> Response:
-        return Response.redirect(f"{request.root}{path}?done={done}")
+    def back(request: Request, path: str, done: str, queue: Optional[str] = None) -> Response:
+        narrowed = f"&queue={queue}" if queue else ""  # a checked queue name: URL-safe
+        return Response.redirect(f"{request.root}{path}?done={done}{narrowed}")
+
+    @staticmethod
+    def queue_filter(value: str) -> Optional[str]:
+        """A set listing's ``queue`` filter (query or form): None for every queue."""
+        if not value:
+            return None
+        if not valid_queue_name(value):
+            raise _api.NotFound(f"no such queue {value[:130]!r}")
+        return value
 
     # -- pages ---------------------------------------------------------------------------
 
@@ -190,17 +201,19 @@ class Dashboard:
 
     @_route("GET", r"/" + SET)
     def job_set(self, request: Request, set: str) -> Response:
-        listing = self.api.set_page(set, *self.paging(request))
+        queue = self.queue_filter(request.arg("queue"))
+        listing = self.api.set_page(set, *self.paging(request), queue=queue)
         return self.render(request, "set.html", page=set, set_name=set, title=SET_TITLES[set],
                            listing=listing)
 
     @_route("POST", r"/" + SET + r"/(?P<action>retry-all|delete-all)")
     def set_bulk(self, request: Request, set: str, action: str) -> Response:
+        queue = self.queue_filter(request.form.get("queue", ""))
         if action == "retry-all":
-            self.api.retry_all(set)
-            return self.back(request, f"/{set}", "retried-all")
-        self.api.delete_all(set)
-        return self.back(request, f"/{set}", "deleted-all")
+            self.api.retry_all(set, queue=queue)
+            return self.back(request, f"/{set}", "retried-all", queue)
+        self.api.delete_all(set, queue=queue)
+        return self.back(request, f"/{set}", "deleted-all", queue)
 
     @_route("GET", r"/" + SET + r"/" + REF)
     def entry(self, request: Request, set: str, ref: str) -> Response:
@@ -209,14 +222,15 @@ class Dashboard:
 
     @_route("POST", r"/" + SET + r"/" + REF + r"/(?P<action>retry|delete|kill)")
     def entry_action(self, request: Request, set: str, ref: str, action: str) -> Response:
+        queue = self.queue_filter(request.form.get("queue", ""))  # the listing's filter
         if action == "retry":
             self.api.retry_now(set, ref)
-            return self.back(request, f"/{set}", "retried")
+            return self.back(request, f"/{set}", "retried", queue)
         if action == "kill":
             self.api.kill(set, ref)
-            return self.back(request, f"/{set}", "killed")
+            return self.back(request, f"/{set}", "killed", queue)
         self.api.delete(set, ref)
-        return self.back(request, f"/{set}", "deleted")
+        return self.back(request, f"/{set}", "deleted", queue)
 
     @_route("GET", r"/jobs/(?P<jid>[A-Za-z0-9_.\-]{1,64})")
     def job(self, request: Request, jid: str) -> Response:

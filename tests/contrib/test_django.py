@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("django")
 
+from jiggler_gevent.keys import Keys  # noqa: E402
+
 CONTRIB_DIR = Path(__file__).resolve().parent
 MANAGE = CONTRIB_DIR / "manage.py"
 
@@ -44,7 +46,7 @@ def test_view_enqueues_and_the_worker_writes_from_many_greenlets(django_project,
     Row.objects.all().delete()
     web = Client()
     assert web.post("/rows/enqueue", {"count": 100}).json() == {"enqueued": 100}
-    assert redis_client.llen("jiggler:list:rows") == 100
+    assert redis_client.llen(Keys().queue("rows")) == 100
 
     worker = start_worker(env=django_project, name="django",
                           argv=[sys.executable, str(MANAGE), "jiggler_gevent", "-c", "20"])

@@ -85,7 +85,8 @@ def dead_job(redis_client, jid: str = "dead1", namespace: str = "") -> str:
     """A runnable job in the dead set (raw ZADD); returns its dashboard ref."""
     job = payload.build("Mail", ["a@example.com"], {}, queue="mail", retries=2, jid=jid)
     entry = payload.failed(job, ValueError("boom"), now=time.time(), retry_at=None)
-    redis_client.zadd(Keys(namespace).dead, {payload.dumps(entry): time.time()})
+    redis_client.zadd(Keys(namespace).dead("mail"), {payload.dumps(entry): time.time()})
+    redis_client.sadd(Keys(namespace).queues, "mail")
     return Api(redis_client, namespace).find_job(jid).ref
 
 
@@ -156,7 +157,7 @@ def test_retry_action_with_the_token(web, redis_client):
     response = post(web, f"{PREFIX}/dead/{ref}/retry", csrf_token=token)
     assert response.status_code == 303, response.content
     assert response["Location"] == f"{PREFIX}/dead?done=retried"
-    assert redis_client.zcard(Keys().dead) == 0 and redis_client.llen(Keys().queue("mail")) == 1
+    assert redis_client.zcard(Keys().dead("mail")) == 0 and redis_client.llen(Keys().queue("mail")) == 1
     assert "Job moved to its queue." in web.get(response["Location"]).content.decode()
 
 
@@ -177,10 +178,10 @@ def test_posts_without_the_token_are_refused(web, redis_client):
         assert b"CSRF token missing or cross-site request" in response.content
     web.cookies.pop("jiggler_csrf")
     assert post(web, url, csrf_token=token).status_code == 403  # the cookie half is missing
-    assert redis_client.zcard(Keys().dead) == 1
+    assert redis_client.zcard(Keys().dead("mail")) == 1
     web.cookies["jiggler_csrf"] = token
     assert post(web, url, csrf_token=token).status_code == 303
-    assert redis_client.zcard(Keys().dead) == 0
+    assert redis_client.zcard(Keys().dead("mail")) == 0
 
 
 def test_multiple_set_cookie_headers_survive(django_project):

@@ -37,9 +37,10 @@ NINE_MB = 9 * 1024 * 1024
 CANARY_MODULE = "bad_input_canary"
 
 KNOWN_KEY = re.compile(
-    rb"\Ajiggler:(list:default(:in_progress:[0-9a-f]+)?|set:(scheduled|retries|dead)|processes"
-    rb"|process:[0-9a-f]+|reservations|recoveries|stats:(processed_counter|failures_counter"
-    rb"|(processed|failures):\d{4}-\d\d-\d\d|counted:[0-9a-f]+))\Z")
+    rb"\A(\{jiggler:q:default\}:(pending|in_progress:[0-9a-f]+|lease:[0-9a-f]+|scheduled|retries"
+    rb"|dead|quarantine|recovered:[0-9a-f]{40})"
+    rb"|\{jiggler\}:(queues|processes|process:[0-9a-f]+|reservations|stats:(processed_counter"
+    rb"|failures_counter|(processed|failures):\d{4}-\d\d-\d\d|counted:[0-9a-f]+)))\Z")
 HOSTILE_QUEUES = ["de*ault", "a:b", "a\nb", "{x}", "q" * 300, "*", "?", "[ab]",
                   "jiggler:list:default", "", " ", "default\r\n"]
 
@@ -61,6 +62,9 @@ class Inputs:
         self.queue_decoded: dict[str, tuple[bytes, str]] = {}  # label -> (bytes, error_class)
         self.scheduled: dict[str, bytes] = {}  # label -> scheduled-set member (dead, raw)
         self.retries: dict[str, bytes] = {}  # label -> retry-set member (dead, raw)
+        # labels of set members the poller moves (a set's job goes to the set's own queue,
+        # whatever its queue fields say) and the worker then buries for those fields
+        self.worker_buried: set[str] = set()
         self.traceback_expected: set[str] = set()
         n = 0
 
@@ -152,15 +156,21 @@ class Inputs:
         raw("queue-number", b'{"name": "e2e.record", "args": [], "queue": 7}')
         raw("queue-null", b'{"name": "e2e.record", "args": [], "queue": null}')
 
-        # scheduled-set and retry-set entries the poller must bury
+        # scheduled-set and retry-set entries with hostile queue fields: the poller moves
+        # them to the set's queue (it reads no queue field) and the worker buries them raw
         for i, queue in enumerate(HOSTILE_QUEUES + [7, None, ["default"], {"q": 1}]):
-            self.scheduled[f"scheduled-queue-{i}-{str(queue)[:12]!r}"] = _raw(
+            label = f"scheduled-queue-{i}-{str(queue)[:12]!r}"
+            self.scheduled[label] = _raw(
                 {"name": "e2e.record", "args": [], "jid": f"sched{i:019d}", "queue": queue})
+            self.worker_buried.add(label)
             if queue is None:
-                continue  # "retry_queue": null is a known disagreement (tests/server/test_fuzz_ack_path.py)
-            self.retries[f"retry-queue-{i}-{str(queue)[:12]!r}"] = _raw(
+                continue  # "retry_queue": null means not set: a valid job that would run
+            label = f"retry-queue-{i}-{str(queue)[:12]!r}"
+            self.retries[label] = _raw(
                 {"name": "e2e.record", "args": [], "jid": f"retry{i:019d}", "queue": "default",
                  "retry_queue": queue, "attempt": 1})
+            self.worker_buried.add(label)
+        # scheduled-set entries the poller must bury
         for label, data in (("malformed", b'{"name": "e2e.record", "args": [1,'),
                             ("not-an-object", b'["e2e.record"]'),
                             ("non-utf8", b'\xff{"name": "e2e.record", "queue": "d\xe9fault"}'),
@@ -195,7 +205,7 @@ def _audit_lines(path, start: int = 0) -> list[str]:
 
 
 def _dead_entries(client) -> list[dict]:
-    return [json.loads(member) for member in client.zrange(KEYS.dead, 0, -1)]
+    return [json.loads(member) for member in client.zrange(KEYS.dead("default"), 0, -1)]
 
 
 def _raw_of(entry: dict) -> bytes | None:
@@ -221,31 +231,31 @@ def test_every_bad_input_ends_in_the_dead_set_and_the_worker_goes_on(
     # loaded lazily on these paths are loaded before the audit baseline
     warm = jf.Record.enqueue()
     redis_client.lpush(QUEUE, b"warm-up: not json")
-    redis_client.zadd(KEYS.scheduled, {b"warm-up: not json": 1})
-    wait_until(lambda: warm in ledger.ended() and redis_client.zcard(KEYS.dead) == 2, 15,
+    redis_client.zadd(KEYS.scheduled("default"), {b"warm-up: not json": 1})
+    wait_until(lambda: warm in ledger.ended() and redis_client.zcard(KEYS.dead("default")) == 2, 15,
                "the warm-up", worker)
-    redis_client.delete(KEYS.dead)
+    redis_client.delete(KEYS.dead("default"))
     baseline = len(_audit_lines(audit))
     assert _audit_lines(audit), "the audit hook of bad_input_jobs is not installed"
 
     inputs = Inputs(marker)
     # scores that are not numbers: refused before anything reaches the worker
     with pytest.raises(redis.ResponseError, match="not a valid float"):
-        redis_client.zadd(KEYS.scheduled, {_raw({"name": "e2e.record", "args": []}): float("nan")})
+        redis_client.zadd(KEYS.scheduled("default"), {_raw({"name": "e2e.record", "args": []}): float("nan")})
     with pytest.raises(redis.ResponseError, match="not a valid float"):
-        redis_client.zadd(KEYS.scheduled, {_raw({"name": "e2e.record", "args": []}): "soon"})
+        redis_client.zadd(KEYS.scheduled("default"), {_raw({"name": "e2e.record", "args": []}): "soon"})
     with pytest.raises(redis.ResponseError, match="not a valid float"):
-        redis_client.execute_command("ZADD", KEYS.scheduled, "1e400x", b'{"name": "e2e.record"}')
+        redis_client.execute_command("ZADD", KEYS.scheduled("default"), "1e400x", b'{"name": "e2e.record"}')
     for when in (float("nan"), float("inf"), float("-inf"), "soon", None, b"1"):
         with pytest.raises(EnqueueError, match="run time must be"):
             jf.Record.enqueue_at(when)
     for seconds in (float("nan"), "1", None):
         with pytest.raises(EnqueueError, match="seconds must be a number"):
             jf.Record.enqueue_in(seconds)
-    assert redis_client.zcard(KEYS.scheduled) == 0
+    assert redis_client.zcard(KEYS.scheduled("default")) == 0
     # scores that are numbers but extreme: -inf is due now, +inf never
     never = _raw({"name": "e2e.record", "args": [], "jid": "never" + "0" * 19})
-    redis_client.zadd(KEYS.scheduled, {never: float("inf")})
+    redis_client.zadd(KEYS.scheduled("default"), {never: float("inf")})
 
     with redis_client.pipeline(transaction=False) as pipe:
         for data in inputs.queue_raw.values():
@@ -253,16 +263,16 @@ def test_every_bad_input_ends_in_the_dead_set_and_the_worker_goes_on(
         for data, _ in inputs.queue_decoded.values():
             pipe.lpush(QUEUE, data)
         for data in inputs.scheduled.values():
-            pipe.zadd(KEYS.scheduled, {data: float("-inf")})
+            pipe.zadd(KEYS.scheduled("default"), {data: float("-inf")})
         for data in inputs.retries.values():
-            pipe.zadd(KEYS.retries, {data: time.time() - 1})
+            pipe.zadd(KEYS.retries("default"), {data: time.time() - 1})
         pipe.execute()
     # then a normal job, and one scheduled at -inf (due at once)
     normal = jf.Record.enqueue()
     scheduled_normal = _raw({"name": "e2e.record", "args": [], "jid": "minusinf" + "0" * 16})
-    redis_client.zadd(KEYS.scheduled, {scheduled_normal: float("-inf")})
+    redis_client.zadd(KEYS.scheduled("default"), {scheduled_normal: float("-inf")})
 
-    wait_until(lambda: redis_client.zcard(KEYS.dead) >= inputs.count, 30,
+    wait_until(lambda: redis_client.zcard(KEYS.dead("default")) >= inputs.count, 30,
                f"{inputs.count} dead entries", worker)
     wait_until(lambda: {normal, "minusinf" + "0" * 16} <= ledger.ended(), 15,
                "the normal jobs to run", worker)
@@ -304,16 +314,19 @@ def test_every_bad_input_ends_in_the_dead_set_and_the_worker_goes_on(
         if len(found) != 1:
             missing.append((label, len(found)))
             continue
-        assert found[0]["error_class"] == "PayloadError" and "not a JSON job object" in \
+        reason = "is not a valid queue name" if label in inputs.worker_buried \
+            else "not a JSON job object"
+        assert found[0]["error_class"] == "PayloadError" and reason in \
             found[0]["error_message"], (label, found[0])
+        assert found[0]["queue"] == "default", (label, found[0])
     assert not missing, f"bad inputs not in the dead set exactly once (label, times): {missing}"
     assert len(entries) == inputs.count
 
     # -- nothing else happened ---------------------------------------------------------------
     assert not marker.exists(), f"a hostile payload ran: {marker.read_text()!r}"
     assert redis_client.llen(QUEUE) == 0
-    assert redis_client.zcard(KEYS.retries) == 0
-    assert redis_client.zrange(KEYS.scheduled, 0, -1) == [never]  # +inf: never due, not lost
+    assert redis_client.zcard(KEYS.retries("default")) == 0
+    assert redis_client.zrange(KEYS.scheduled("default"), 0, -1) == [never]  # +inf: never due, not lost
     starts, ends = ledger.counts()
     assert set(starts) == set(ends) == {warm, normal, "minusinf" + "0" * 16}, ledger.entries()
     # no key was made from a hostile queue name: every key is one of the known layout
@@ -348,7 +361,8 @@ def test_every_bad_input_ends_in_the_dead_set_and_the_worker_goes_on(
         [line for line in lines if "could not record" in line]
     for jid in [_jid(i) for i in range(1, len(inputs.queue_decoded) + 1)]:
         assert f"start jid={jid}" not in out  # none of them reached perform
-    failures = 1 + len(inputs.queue_raw) + len(inputs.queue_decoded)  # 1: the warm-up payload
+    # 1: the warm-up payload
+    failures = 1 + len(inputs.queue_raw) + len(inputs.queue_decoded) + len(inputs.worker_buried)
     assert redis_client.get(KEYS.failures) == str(failures).encode()
     with capsys.disabled():
         print(f"\nbad input e2e: {inputs.count} bad inputs ({len(inputs.queue_raw)} raw on the queue,"

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from jiggler_gevent import __version__
+from jiggler_gevent.keys import Keys
 
 from .procs import BIN, REPO_ROOT, WorkerProcess, wait_until, worker_env
 
@@ -118,7 +119,7 @@ def test_right_password_starts_the_worker(fresh_server, tmp_path):
     worker = WorkerProcess(["-c", "2"], workdir=tmp_path, redis_url=url, require=False)
     try:
         worker.start()
-        wait_until(lambda: client.zcard("jiggler:processes") == 1, 15, "the heartbeat", worker)
+        wait_until(lambda: client.zcard(Keys().processes) == 1, 15, "the heartbeat", worker)
         worker.send(signal.SIGTERM)
         worker.wait_exit(10)
         assert worker.returncode == 0, worker.tail()

@@ -17,7 +17,8 @@ KEYS = Keys()
 def assert_no_worker_state(client) -> None:
     """Nothing a stopped worker should leave: no reservations, no heartbeat."""
     assert list(client.scan_iter(match="*:in_progress:*")) == []
-    assert list(client.scan_iter(match="jiggler:process:*")) == []
+    assert list(client.scan_iter(match=KEYS.process("*"))) == []
+    assert list(client.scan_iter(match="*:lease:*")) == []
     assert client.zcard(KEYS.processes) == 0
 
 
@@ -44,7 +45,7 @@ def test_a_thousand_jobs_each_run_exactly_once(redis_client, spawn_worker, ledge
 def test_failing_job_is_dead_after_exactly_three_attempts(redis_client, spawn_worker, ledger):
     jid = jf.AlwaysFails.enqueue()
     worker = spawn_worker("-c", "2", "--poll-interval", "0.2")
-    wait_until(lambda: redis_client.zcard(KEYS.dead) == 1, 20, "the job to die", worker)
+    wait_until(lambda: redis_client.zcard(KEYS.dead("default")) == 1, 20, "the job to die", worker)
     time.sleep(0.5)  # room for a (wrong) fourth attempt to show up
     worker.send(signal.SIGTERM)
     worker.wait_exit(15)
@@ -52,14 +53,14 @@ def test_failing_job_is_dead_after_exactly_three_attempts(redis_client, spawn_wo
 
     starts, ends = ledger.counts()
     assert starts == {jid: 3} and not ends
-    (member,) = redis_client.zrange(KEYS.dead, 0, -1)
+    (member,) = redis_client.zrange(KEYS.dead("default"), 0, -1)
     entry = json.loads(member)
     assert entry["jid"] == jid and entry["name"] == "e2e.always_fails"
     assert entry["attempt"] == 3
     assert entry["error_class"] == "RuntimeError"
     assert entry["error_message"] == "attempt 3 failed on purpose"
     assert entry["error_backtrace"]
-    assert redis_client.zcard(KEYS.retries) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0
     assert redis_client.llen(KEYS.queue("default")) == 0
     assert redis_client.get(KEYS.failures) == b"3"
     assert_no_worker_state(redis_client)
@@ -71,8 +72,9 @@ def test_enqueue_in_runs_on_its_own_queue_after_the_delay(redis_client, spawn_wo
     other = jf.Record.enqueue_in(0.5)  # due first, but on 'default', which this worker skips
     t0 = time.time()
     jid = jf.Mail.enqueue_in(1, "someone@example.com")
-    scheduled = [json.loads(m) for m in redis_client.zrange(KEYS.scheduled, 0, -1)]
-    assert {e["jid"]: e["queue"] for e in scheduled} == {jid: "mail", other: "default"}
+    scheduled = {q: [json.loads(m)["jid"] for m in redis_client.zrange(KEYS.scheduled(q), 0, -1)]
+                 for q in ("mail", "default")}
+    assert scheduled == {"mail": [jid], "default": [other]}  # each queue has its own set
 
     wait_until(lambda: jid in ledger.ended(), 10, "the mail job to run", worker)
     ran_at = next(when for j, _, kind, when in ledger.entries() if j == jid and kind == "start")
@@ -84,7 +86,9 @@ def test_enqueue_in_runs_on_its_own_queue_after_the_delay(redis_client, spawn_wo
     assert other not in ledger.started()
     assert [json.loads(r)["jid"] for r in redis_client.lrange(KEYS.queue("default"), 0, -1)] == [other]
     assert redis_client.llen(KEYS.queue("mail")) == 0
-    assert redis_client.zcard(KEYS.scheduled) == 0
+    # the poller moved both: 'default' is in the registry though no worker listens to it
+    assert redis_client.zcard(KEYS.scheduled("default")) == 0
+    assert redis_client.zcard(KEYS.scheduled("mail")) == 0
 
 
 def test_bad_payloads_are_dead_lettered_and_the_worker_keeps_going(redis_client, spawn_worker,
@@ -103,7 +107,7 @@ def test_bad_payloads_are_dead_lettered_and_the_worker_keeps_going(redis_client,
     redis_client.lpush(KEYS.queue("default"), *bad)
     good = jf.Record.enqueue()
     worker = spawn_worker("-c", "4")
-    wait_until(lambda: good in ledger.ended() and redis_client.zcard(KEYS.dead) == len(bad), 15,
+    wait_until(lambda: good in ledger.ended() and redis_client.zcard(KEYS.dead("default")) == len(bad), 15,
                "the good job to run and the bad ones to be dead-lettered", worker)
     assert worker.running
     worker.send(signal.SIGTERM)
@@ -113,5 +117,5 @@ def test_bad_payloads_are_dead_lettered_and_the_worker_keeps_going(redis_client,
     assert "Traceback" not in worker.stdout() and worker.stderr().strip() == ""
     assert ledger.started() == {good}
     assert redis_client.llen(KEYS.queue("default")) == 0
-    assert redis_client.zcard(KEYS.retries) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0
     assert_no_worker_state(redis_client)

@@ -283,8 +283,8 @@ def test_script_flush_during_scheduling(redis_client, spawn_worker, ledger, repo
         starts, ends = ledger.counts()
         assert (lost, dup) == (0, 0)
         assert all(starts[jid] == 1 and ends[jid] == 1 for jid in jids)
-        assert redis_client.zcard(KEYS.scheduled) == 0
-        assert redis_client.zcard(KEYS.dead) == 0
+        assert redis_client.zcard(KEYS.scheduled("default")) == 0
+        assert redis_client.zcard(KEYS.dead("default")) == 0
         log = worker.stdout() + worker.stderr()
         assert "Traceback" not in log and " ERROR " not in log, worker.tail()
         # the worker really met NOSCRIPT and loaded its scripts again, many times
@@ -371,20 +371,20 @@ def test_out_of_memory(fresh_server, fresh_client, spawn_worker, ledger, report)
         time.sleep(max(0.0, last_start + sleep + 0.2 - time.time()))  # every job has raised
         for _ in range(10):
             assert reserved_count(client) == 2 * m
-            assert client.zcard(KEYS.retries) == 0 and client.zcard(KEYS.dead) == 0
+            assert client.zcard(KEYS.retries("default")) == 0 and client.zcard(KEYS.dead("default")) == 0
             assert client.llen(QUEUE) == 0
             time.sleep(0.1)
         assert_worker_survived(worker)
 
         client.delete("junk")
         late = jf.Record.enqueue()  # enqueueing works again, and the worker takes it
-        wait_until(lambda: client.zcard(KEYS.dead) == m, 20, "the dead entries to land",
+        wait_until(lambda: client.zcard(KEYS.dead("default")) == m, 20, "the dead entries to land",
                    worker)
         finish(worker, ledger, client, retried + [late], 20,
                "the retried jobs to run again after the memory came back")
 
         starts, ends = ledger.counts()
-        dead = {ujson.loads(member)["jid"] for member in client.zrange(KEYS.dead, 0, -1)}
+        dead = {ujson.loads(member)["jid"] for member in client.zrange(KEYS.dead("default"), 0, -1)}
         lost = sum(1 for jid in retried + [late] if ends[jid] == 0) + \
             sum(1 for jid in buried if jid not in dead)
         expected_starts = {**{jid: 2 for jid in retried}, **{jid: 1 for jid in buried}, late: 1}
@@ -394,7 +394,7 @@ def test_out_of_memory(fresh_server, fresh_client, spawn_worker, ledger, report)
         assert lost == 0
         assert dup <= in_flight
         assert dead == set(buried)
-        assert client.zcard(KEYS.retries) == 0
+        assert client.zcard(KEYS.retries("default")) == 0
         assert all(starts[jid] == 2 and ends[jid] == 1 for jid in retried)
         assert all(starts[jid] == 1 and ends[jid] == 0 for jid in buried)
     finally:

@@ -19,7 +19,8 @@ MODES = ["at-least-once", "at-most-once"]
 
 def assert_no_worker_state(client) -> None:
     assert list(client.scan_iter(match="*:in_progress:*")) == []
-    assert list(client.scan_iter(match="jiggler:process:*")) == []
+    assert list(client.scan_iter(match=KEYS.process("*"))) == []
+    assert list(client.scan_iter(match="*:lease:*")) == []
     assert client.zcard(KEYS.processes) == 0
 
 
@@ -71,7 +72,7 @@ def test_term_with_jobs_longer_than_the_timeout(redis_client, spawn_worker, ledg
     assert ledger.ended() == set()
     # every interrupted job is back on its queue, none reserved, none failed
     assert redis_client.llen(KEYS.queue("default")) == n
-    assert redis_client.zcard(KEYS.retries) == 0 and redis_client.zcard(KEYS.dead) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0 and redis_client.zcard(KEYS.dead("default")) == 0
     assert_no_worker_state(redis_client)
 
     drain(spawn_worker, ledger, jids, mode)

@@ -156,13 +156,15 @@ class Fleet:
 def redis_state(client: redis.Redis) -> str:
     """A one-line summary of the keys a fault can leave behind."""
     reserved = {key.decode(): client.llen(key) for key in in_progress_keys(client)}
-    dead = [ujson.loads(m) for m in client.zrange(KEYS.dead, 0, 4)]
+    queue = KEYS.queue_keys("default")
+    dead = [ujson.loads(m) for m in client.zrange(queue.dead, 0, 4)]
+    recoveries = len(list(client.scan_iter(match=queue.recoveries + "*")))
     return (f"queue {client.llen(QUEUE)}, reserved {reserved}, "
             f"reservations {client.hgetall(KEYS.reservations)}, "
-            f"heartbeats {heartbeat_pids(client)}, retries {client.zcard(KEYS.retries)}, "
-            f"scheduled {client.zcard(KEYS.scheduled)}, dead {client.zcard(KEYS.dead)} "
+            f"heartbeats {heartbeat_pids(client)}, retries {client.zcard(queue.retries)}, "
+            f"scheduled {client.zcard(queue.scheduled)}, dead {client.zcard(queue.dead)} "
             f"{[(e.get('jid'), e.get('error_class')) for e in dead]}, "
-            f"recoveries {client.hlen(KEYS.recoveries)}")
+            f"recoveries {recoveries}")
 
 
 def heartbeat_pids(client: redis.Redis) -> dict[str, int]:

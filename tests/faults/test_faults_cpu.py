@@ -90,13 +90,13 @@ def test_cpu_bound_job_interrupted_by_its_timeout(fleet, ledger, redis_client, r
 
         def settled() -> bool:
             probe.sample()
-            return redis_client.zcard(KEYS.retries) > 0 or jid in ledger.ended()
+            return redis_client.zcard(KEYS.retries("default")) > 0 or jid in ledger.ended()
 
         fleet.wait(settled, spin_s + 10, "the spinning job to be interrupted or to end",
                    must_run=[worker], interval=0.02)
         started = start_of(ledger, jid)
         ended = jid in ledger.ended()
-        entries = [ujson.loads(m) for m in redis_client.zrange(KEYS.retries, 0, -1)]
+        entries = [ujson.loads(m) for m in redis_client.zrange(KEYS.retries("default"), 0, -1)]
         stopped = entries[0]["failed_at"] if entries else \
             next(w for j, _, kind, w in ledger.entries() if j == jid and kind == "end")
         beats = probe.beats_between(started + 0.1, stopped)  # written while it spun
@@ -111,7 +111,7 @@ def test_cpu_bound_job_interrupted_by_its_timeout(fleet, ledger, redis_client, r
         assert entry["jid"] == jid and entry["error_class"] == "JobTimeout"
         assert entry["attempt"] == 1  # the retry path, not the dead set
         assert entry["failed_at"] - started < spin_s - 0.5, entry["failed_at"] - started
-        assert redis_client.zcard(KEYS.dead) == 0
+        assert redis_client.zcard(KEYS.dead("default")) == 0
         # the heartbeat kept beating while the job spun
         assert beats, f"no heartbeat during the spin: {probe.samples[-20:]}"
         assert probe.missing_between(started, stopped) == 0
@@ -121,7 +121,7 @@ def test_cpu_bound_job_interrupted_by_its_timeout(fleet, ledger, redis_client, r
         assert worker.running
         fleet.stop([worker])
         assert_no_worker_state(redis_client)
-        assert redis_client.zcard(KEYS.retries) == 1  # the retry is kept for later
+        assert redis_client.zcard(KEYS.retries("default")) == 1  # the retry is kept for later
     finally:
         fleet.kill_all()
 
@@ -167,6 +167,7 @@ def test_cpu_bound_job_longer_than_the_heartbeat_ttl(fleet, ledger, redis_client
                    10, "the ack", must_run=[spinner, watcher])
         fleet.stop([spinner, watcher])
         assert_no_worker_state(redis_client)
-        assert redis_client.zcard(KEYS.retries) == 0 and redis_client.zcard(KEYS.dead) == 0
+        assert redis_client.zcard(KEYS.retries("default")) == 0
+        assert redis_client.zcard(KEYS.dead("default")) == 0
     finally:
         fleet.kill_all()

@@ -143,7 +143,7 @@ def test_worker_sigkill_mid_job(mode, fleet, ledger, redis_client, report):
         assert redis_client.llen(QUEUE) == 0
         # at-least-once: recovery unregisters a dead process; at-most-once: pruned later
         assert_no_worker_state(redis_client, killed=() if reliable else killed_identities)
-        assert redis_client.zcard(KEYS.dead) == 0  # nothing taken for a poison pill
+        assert redis_client.zcard(KEYS.dead("default")) == 0  # nothing taken for a poison pill
         fleet.assert_clean_logs()
 
         lost, dup = ledger.lost_and_dup(jids)
@@ -226,7 +226,8 @@ def test_process_frozen_past_its_heartbeat_ttl(fleet, ledger, redis_client, repo
                    10, "the last acks", must_run=workers)
         fleet.stop(workers)  # the frozen one exits 0 on TERM like the other
         assert_no_worker_state(redis_client)  # no in-progress list left
-        assert redis_client.zcard(KEYS.dead) == 0 and redis_client.zcard(KEYS.retries) == 0
+        assert redis_client.zcard(KEYS.dead("default")) == 0
+        assert redis_client.zcard(KEYS.retries("default")) == 0
         fleet.assert_clean_logs()
         assert "recovered" in "".join(w.stdout() for w in workers)
 

@@ -9,7 +9,7 @@ after ``--max-recoveries`` recoveries the pill goes to the dead set as
 With ``-c 1`` the pill is alone in its process's in-progress list at every crash.
 With ``-c 5`` the jobs that shared the process with the pill (its "companions")
 are recovered with it; from their second recovery they are quarantined and run
-alone, so the next crash blames the pill: see the xfail reason for what is left.
+alone (one at a time per process), so the next crash blames the pill alone.
 """
 
 from __future__ import annotations
@@ -39,20 +39,13 @@ pytestmark = pytest.mark.timeout(TEST_TIMEOUT_S)
 MAX_RECOVERIES = 2
 ARGS = ["--stats-interval", "0.5", "--requeue-interval", "0.5",
         "--max-recoveries", str(MAX_RECOVERIES)]
-COMPANIONS_BURIED = (
-    "known gap (rare since suspects run alone): a job recovered twice is quarantined and "
-    "run alone, but now and then (1 run in 3 here) a job that shared the pill's first "
-    "crashes still reaches --max-recoveries and is buried as PoisonPill with it")
 
 
 def dead_entries(client) -> list[dict]:
-    return [ujson.loads(m) for m in client.zrange(KEYS.dead, 0, -1)]
+    return [ujson.loads(m) for m in client.zrange(KEYS.dead("default"), 0, -1)]
 
 
-@pytest.mark.parametrize("concurrency", [
-    1,
-    pytest.param(5, marks=pytest.mark.xfail(strict=False, reason=COMPANIONS_BURIED)),
-])
+@pytest.mark.parametrize("concurrency", [1, 5])
 def test_poison_pill_goes_to_the_dead_set(concurrency, fleet, ledger, redis_client, report):
     n, pills = scaled((200, 1), (2000, 3))
     args = ["-c", str(concurrency), *ARGS]
@@ -132,6 +125,6 @@ def test_poison_pill_goes_to_the_dead_set(concurrency, fleet, ledger, redis_clie
         assert buried == [], f"{len(buried)} innocent jobs buried: {buried[:3]}"
         assert lost == 0
         assert dup <= hit
-        assert redis_client.zcard(KEYS.retries) == 0
+        assert redis_client.zcard(KEYS.retries("default")) == 0
     finally:
         fleet.kill_all()

@@ -48,10 +48,10 @@ def test_many_pollers_racing(fleet, ledger, redis_client, report):
         enqueuer = jf.Record.with_options()
         for start in range(100, n, 1000):
             jobs = [enqueuer.build([], {}) for _ in range(min(1000, n - start))]
-            redis_client.zadd(KEYS.scheduled, {_payload.dumps(job): at for job in jobs})
+            redis_client.zadd(KEYS.scheduled("default"), {_payload.dumps(job): at for job in jobs})
             jids += [job["jid"] for job in jobs]
         assert time.time() < at, "enqueueing took longer than the lead: nothing raced"
-        scores = {s for _, s in redis_client.zrange(KEYS.scheduled, 0, -1, withscores=True)}
+        scores = {s for _, s in redis_client.zrange(KEYS.scheduled("default"), 0, -1, withscores=True)}
         assert scores == {at}  # one identical timestamp
         fleet.wait(lambda: set(jids) <= ledger.ended(), scaled(30, 120), "every job to end",
                    must_run=workers)
@@ -72,9 +72,9 @@ def test_many_pollers_racing(fleet, ledger, redis_client, report):
         assert sum(moved) == n  # every job moved once, by one poller or another
         assert (lost, dup) == (0, 0)
         assert all(starts[jid] == 1 and ends[jid] == 1 for jid in jids)
-        assert redis_client.zcard(KEYS.scheduled) == 0
+        assert redis_client.zcard(KEYS.scheduled("default")) == 0
         assert redis_client.llen(QUEUE) == 0
-        assert redis_client.zcard(KEYS.dead) == 0
+        assert redis_client.zcard(KEYS.dead("default")) == 0
         assert len(pids) >= 2  # the due jobs really were shared out
     finally:
         fleet.kill_all()

@@ -40,10 +40,10 @@ def test_retry_storm(fleet, ledger, redis_client, report):
         flaky = fj.FlakyTwice.enqueue_bulk([[] for _ in range(n)])
         hopeless = fj.Hopeless.enqueue_bulk([[] for _ in range(hopeless_n)])
         fleet.wait(lambda: set(flaky) <= ledger.ended()
-                   and redis_client.zcard(KEYS.dead) >= hopeless_n, scaled(30, 120),
+                   and redis_client.zcard(KEYS.dead("default")) >= hopeless_n, scaled(30, 120),
                    "every flaky job to end and every hopeless one to die", must_run=workers)
         fleet.wait(lambda: reserved_count(redis_client) == 0 and redis_client.llen(QUEUE) == 0
-                   and redis_client.zcard(KEYS.retries) == 0, 10, "the last acks",
+                   and redis_client.zcard(KEYS.retries("default")) == 0, 10, "the last acks",
                    must_run=workers)
         fleet.stop(workers)
         assert_no_worker_state(redis_client)
@@ -60,7 +60,7 @@ def test_retry_storm(fleet, ledger, redis_client, report):
                   for kind, jid, attempt, value in notes if kind == "delay"}
         fails = {(jid, int(attempt)): float(when)
                  for kind, jid, attempt, when in notes if kind == "fail"}
-        dead = {e["jid"]: e for e in map(ujson.loads, redis_client.zrange(KEYS.dead, 0, -1))}
+        dead = {e["jid"]: e for e in map(ujson.loads, redis_client.zrange(KEYS.dead("default"), 0, -1))}
 
         lost = sum(1 for jid in flaky if ends[jid] == 0) + \
             sum(1 for jid in hopeless if jid not in dead)
@@ -103,6 +103,6 @@ def test_retry_storm(fleet, ledger, redis_client, report):
             assert min(start_times[jid]) <= entry["failed_at"] < start_times[jid][1]
             assert entry["retried_at"] >= max(start_times[jid])
         assert set(dead) == set(hopeless)
-        assert redis_client.zcard(KEYS.retries) == 0
+        assert redis_client.zcard(KEYS.retries("default")) == 0
     finally:
         fleet.kill_all()

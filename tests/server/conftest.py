@@ -6,6 +6,7 @@ import gevent
 import pytest
 
 from jiggler_gevent.config import Config
+from jiggler_gevent.connection import is_cluster
 from jiggler_gevent.server.launcher import Launcher
 
 from . import jobs
@@ -33,7 +34,10 @@ def _dispose(launcher: Launcher) -> None:
     greenlets = [g for g in launcher.manager.greenlets.values() if not g.dead]
     greenlets += [g for g in launcher._services if not g.dead]
     gevent.killall(greenlets, timeout=5)
-    launcher.client.connection_pool.disconnect()
+    if is_cluster(launcher.client):
+        launcher.client.close()
+    else:
+        launcher.client.connection_pool.disconnect()
 
 
 @pytest.fixture

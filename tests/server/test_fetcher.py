@@ -12,6 +12,7 @@ import pytest
 import jiggler_gevent
 from jiggler_gevent.config import AT_MOST_ONCE
 from jiggler_gevent.keys import Keys
+from jiggler_gevent.server.fetcher import UnitOfWork
 
 from . import jobs
 from .helpers import in_progress_keys, new_worker
@@ -140,8 +141,9 @@ def test_namespace_prefixes_every_key(redis_client, make_launcher):
 
     keys = sorted(k.decode() for k in redis_client.keys("*"))
     assert keys, "nothing was written"
-    assert all(k.startswith("myapp:jiggler:") for k in keys), keys
-    assert ns.retries in keys and ns.processes in keys and ns.process(launcher.identity) in keys
+    assert all(k.startswith(("{myapp:jiggler}:", "{myapp:jiggler:q:")) for k in keys), keys
+    assert ns.retries("default") in keys and ns.processes in keys
+    assert ns.process(launcher.identity) in keys and ns.queues in keys
     assert redis_client.get(ns.processed) == b"1"
     assert redis_client.get(ns.failures) == b"1"
 
@@ -155,7 +157,9 @@ def test_requeue_pushes_back_to_the_head_once(redis_client, make_launcher):
     jobs.Ok.enqueue("third")
 
     assert fetcher.requeue([unit]) == 1
-    assert fetcher.requeue([unit]) == 0  # no longer reserved: never pushed twice
+    assert fetcher.requeue([unit]) == 0  # pushed back already: never twice
+    copy = UnitOfWork(unit.queue, unit.queue_key, unit.reserved_key, unit.raw)
+    assert fetcher.requeue([copy]) == 0  # no longer reserved: the script pushes nothing
     assert redis_client.llen(KEYS.in_progress("default", launcher.identity)) == 0
     assert redis_client.lindex(KEYS.queue("default"), -1) == unit.raw  # the head
     assert redis_client.llen(KEYS.queue("default")) == 3
@@ -291,3 +295,40 @@ def test_acks_survive_a_failed_fetch_and_nothing_runs_twice(redis_client, make_l
     assert redis_client.llen(reserved) == 0
     assert redis_client.llen(KEYS.queue("default")) == 0
     assert launcher.fetcher.held == set()
+
+
+def test_idle_workers_take_one_suspect_between_them(redis_client, make_launcher):
+    """A suspect finishes while more wait: its ack wakes every idle worker at once, and
+    exactly one of them takes the next suspect. (The LMOVE yields to the hub: without a
+    claim taken before it, each woken worker saw nothing held and took a suspect of its
+    own, so suspects ran side by side and a crash blamed them all.)"""
+    launcher = make_launcher(concurrency=4, fetch_timeout=2)
+    fetcher = launcher.fetcher
+    quarantine = KEYS.quarantine("default")
+    redis_client.rpush(quarantine, *[json.dumps({"name": "x", "n": i}) for i in range(3)])
+    jobs.Ok.enqueue_bulk([[i] for i in range(10)])
+    previous = UnitOfWork("default", KEYS.queue("default"), None, b"previous suspect")
+    fetcher.held.add(previous)
+    fetcher.isolating = previous  # a suspect runs alone; the four workers wait for it
+    fetcher.quarantine_waiting()
+
+    def worker_loop():  # as a worker does: fetch again after each empty fetch
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            unit = fetcher.fetch()
+            if unit is not None:
+                return unit
+        return None
+
+    greenlets = [gevent.spawn(worker_loop) for _ in range(4)]
+    gevent.sleep(0.05)
+    assert fetcher._waiting == 4
+    fetcher.release([previous])  # its ack landed: wakes every waiting worker
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    taken = [g.value for g in greenlets if g.value is not None]
+
+    assert len(taken) == 1, taken
+    assert fetcher.isolating is taken[0]
+    assert redis_client.llen(quarantine) == 2
+    assert redis_client.llen(KEYS.in_progress("default", launcher.identity)) == 1
+    assert redis_client.llen(KEYS.queue("default")) == 10  # nothing else runs beside it

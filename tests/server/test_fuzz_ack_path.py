@@ -5,14 +5,16 @@ UTF-8, lone surrogate escapes, huge or deeply nested payloads) to the queue, run
 ``Worker.process_one`` once and checks the ack rule's promise: exactly one of
 
 (a) the job ran and its reservation is gone once the acker flushed,
-(b) one retry entry holds it, or
-(c) one dead entry holds it (its raw bytes, or the decoded fields),
+(b) one retry entry holds it (in the retry set of its valid ``retry_queue``, else of
+    the queue it ran from), or
+(c) one dead entry holds it (its raw bytes, or the decoded fields), in the dead set of
+    the queue it ran from,
 
 with the queue and the in-progress lists empty, nothing escaping ``process_one``,
 nothing imported or executed for a hostile name, and the same worker then running a
-good job. The poller property: random members of the scheduled and retry sets, due,
-end either on a queue with their bytes unchanged or in the dead set; never lost,
-never both.
+good job. The poller property: random members of a queue's scheduled and retry sets,
+due, end either on that queue with their bytes unchanged or in its dead set; never
+lost, never both, and no key named after anything in a payload.
 """
 
 from __future__ import annotations
@@ -275,7 +277,10 @@ class AckPath:
         assert worker.process_one() is True  # nothing may escape it
         launcher.acker.flush()
 
-        retries, dead = _zset(client, KEYS.retries), _zset(client, KEYS.dead)
+        retry_sets = {q: _zset(client, KEYS.retries(q)) for q in VALID_QUEUES}
+        retries = [entry for entries in retry_sets.values() for entry in entries]
+        dead = _zset(client, KEYS.dead("default"))
+        assert not any(client.exists(KEYS.dead(q)) for q in VALID_QUEUES if q != "default")
         ran = bool(jobs.EVENTS) and not retries and not dead
         assert ran + len(retries) + len(dead) == 1, (raw[:200], jobs.EVENTS, retries, dead)
         if ran:
@@ -292,6 +297,8 @@ class AckPath:
                 assert job is not None and entry["error_backtrace"], raw[:200]
                 assert _same_job(entry, job, raw)
                 assert entry["attempt"] == (job.get("attempt") or 0) + 1
+                (target,) = [q for q, entries in retry_sets.items() if entries]
+                assert target == (job.get("retry_queue") or "default"), (target, raw[:200])
                 self.outcomes["retry"] += 1
             elif ("raw" in entry or "raw_hex" in entry) and raw_of(entry) == raw:
                 assert entry["name"] is None and entry["error_message"]
@@ -410,29 +417,30 @@ def test_due_members_end_on_a_queue_unchanged_or_in_the_dead_set(redis_client, p
                                                                  scheduled, retries, later):
     client = redis_client
     client.flushdb()
-    # a member in both sets may rightly end once queued and once dead (retry_queue applies
-    # to the retry set only): keep the sets apart so "never both" can be checked
+    # a member in both sets would be queued twice (or dead once, the same entry): keep the
+    # sets apart so "never lost, never both" can be counted
     retries = {m: s for m, s in retries.items() if m not in scheduled}
     later = {m: s for m, s in later.items() if m not in scheduled and m not in retries}
     if scheduled or later:
-        client.zadd(KEYS.scheduled, {**scheduled, **later})
+        client.zadd(KEYS.scheduled("default"), {**scheduled, **later})
     if retries:
-        client.zadd(KEYS.retries, retries)
+        client.zadd(KEYS.retries("default"), retries)
 
     moved = poller.poll_once(NOW)
 
-    queued: list[bytes] = []
-    for key in client.scan_iter(match=KEYS.queue_prefix + "*"):
-        assert KEYS.queue_name(key.decode("utf-8", "replace")) is not None, key  # no hostile key
-        queued += client.lrange(key, 0, -1)
-    dead = [raw_of(entry) for entry in _zset(client, KEYS.dead)]
-    for entry in _zset(client, KEYS.dead):
+    # the sets' own queue only: no key is ever named after a payload's queue field
+    allowed = {KEYS.queue("default"), KEYS.dead("default"), KEYS.scheduled("default")}
+    assert {k.decode("utf-8", "replace") for k in client.keys("*")} <= allowed
+    queued = client.lrange(KEYS.queue("default"), 0, -1)
+    dead = [raw_of(entry) for entry in _zset(client, KEYS.dead("default"))]
+    for entry in _zset(client, KEYS.dead("default")):
         assert entry["error_class"] == "PayloadError" and entry["error_message"]
     expected = list(scheduled) + list(retries)
     assert moved == len(queued)
     assert sorted(queued + dead) == sorted(expected)  # never lost, never both, bytes unchanged
-    assert client.zcard(KEYS.retries) == 0
-    assert dict(client.zrange(KEYS.scheduled, 0, -1, withscores=True)) == later  # not due: untouched
+    assert client.zcard(KEYS.retries("default")) == 0
+    not_due = dict(client.zrange(KEYS.scheduled("default"), 0, -1, withscores=True))
+    assert not_due == later  # untouched
     assert not set(queued) & set(dead)
 
 
@@ -442,7 +450,7 @@ def test_due_members_end_on_a_queue_unchanged_or_in_the_dead_set(redis_client, p
 def test_retry_entry_with_null_retry_queue_goes_back_to_its_queue(redis_client, make_launcher):
     member = b'{"name": "srv.ok", "args": [], "queue": "default", "retry_queue": null, "attempt": 1}'
     assert payload.loads(member)["queue"] == "default"
-    redis_client.zadd(KEYS.retries, {member: 1})
+    redis_client.zadd(KEYS.retries("default"), {member: 1})
     assert make_launcher().poller.poll_once(5) == 1
     assert redis_client.lrange(QUEUE, 0, -1) == [member]
 
@@ -451,10 +459,10 @@ def test_retry_entry_with_null_retry_queue_goes_back_to_its_queue(redis_client, 
 def test_nesting_the_worker_accepts_is_not_buried_by_the_poller(redis_client, make_launcher, depth):
     member = _nested("srv.ok", depth)
     payload.loads(member)  # the worker would run it
-    redis_client.zadd(KEYS.scheduled, {member: 1})
+    redis_client.zadd(KEYS.scheduled("default"), {member: 1})
     assert make_launcher().poller.poll_once(5) == 1
     assert redis_client.lrange(QUEUE, 0, -1) == [member]
-    assert redis_client.zcard(KEYS.dead) == 0
+    assert redis_client.zcard(KEYS.dead("default")) == 0
 
 
 

@@ -121,7 +121,7 @@ def test_stop_past_the_timeout_pushes_running_jobs_back(redis_client, make_launc
     assert sorted(queued[-2:]) == sorted(long_jids)
     assert queued[:3] == list(reversed(waiting))
     # no ack, no failure: not retried, not dead, not counted
-    assert redis_client.zcard(KEYS.retries) == 0 and redis_client.zcard(KEYS.dead) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0 and redis_client.zcard(KEYS.dead("default")) == 0
     assert redis_client.get(KEYS.failures) is None and redis_client.get(KEYS.processed) is None
     assert_clean_exit(redis_client, launcher)
 
@@ -170,7 +170,7 @@ def test_launcher_runs_a_batch_end_to_end_in_process(redis_client, make_launcher
     jobs.Boom.enqueue()
     launcher.start()
     try:
-        wait_for(lambda: len(jobs.events("ok")) == 200 and redis_client.zcard(KEYS.retries) == 1,
+        wait_for(lambda: len(jobs.events("ok")) == 200 and redis_client.zcard(KEYS.retries("default")) == 1,
                  what="the batch to finish")
     finally:
         launcher.stop()

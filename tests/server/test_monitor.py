@@ -128,3 +128,45 @@ def test_refused_transaction_does_not_double_count(redis_client, make_launcher):
     redis_client.delete(KEYS.process(launcher.identity))
     launcher.monitor.beat_once()
     assert redis_client.get(KEYS.processed) == b"4"
+
+
+def test_heartbeat_registers_the_queues_and_refreshes_a_lease_per_queue(redis_client,
+                                                                          make_launcher):
+    launcher = make_launcher(queues="critical:3,default", stats_interval=5.0)
+    launcher.monitor.beat_once()
+    assert redis_client.smembers(KEYS.queues) == {b"critical", b"default"}
+    leases = [KEYS.queue_keys(q).lease(launcher.identity) for q in ("critical", "default")]
+    for lease in leases:
+        assert 0 < redis_client.pttl(lease) <= launcher.config.heartbeat_ttl * 1000
+    assert sorted(launcher.monitor.lease_keys) == sorted(leases)
+    redis_client.pexpire(leases[0], 50)
+    launcher.monitor.beat_once()
+    assert redis_client.pttl(leases[0]) > 1000, "each beat refreshes the lease"
+
+    launcher.monitor.remove()
+    assert not redis_client.exists(*leases)
+    assert redis_client.smembers(KEYS.queues) == {b"critical", b"default"}  # the registry stays
+
+
+def test_at_most_once_writes_no_lease(redis_client, make_launcher):
+    launcher = make_launcher(queues="a,b", mode="at-most-once")
+    launcher.monitor.beat_once()
+    assert redis_client.smembers(KEYS.queues) == {b"a", b"b"}
+    assert list(redis_client.scan_iter(match="*:lease:*")) == []
+    assert not redis_client.exists(KEYS.reservations)
+
+
+def test_a_failed_counter_script_keeps_the_counts_and_still_refreshes_the_leases(
+        redis_client, make_launcher):
+    launcher = make_launcher()
+    lease = KEYS.queue_keys("default").lease(launcher.identity)
+    redis_client.set(KEYS.processed, "not a number")
+    launcher.stats.processed = 3
+    with pytest.raises(redis.ResponseError):
+        launcher.monitor.beat_once()
+    assert launcher.monitor.unconfirmed_counts() == (3, 0), "kept for the next beat"
+    assert redis_client.exists(KEYS.process(launcher.identity)) and redis_client.exists(lease)
+    redis_client.delete(KEYS.processed)
+    launcher.monitor.beat_once()
+    assert redis_client.get(KEYS.processed) == b"3"
+    assert launcher.monitor.unconfirmed_counts() == (0, 0)

@@ -1,4 +1,7 @@
-"""The orphan requeuer: a dead process's reservations come back; a live one's never move."""
+"""The orphan requeuer: a dead process's reservations come back; a live one's never move.
+
+A process is dead to the requeuer when its heartbeat hash is gone (the pre-check) and,
+checked atomically by ``recover.lua`` in the queue's slot, its lease in that queue too."""
 
 from __future__ import annotations
 
@@ -26,8 +29,11 @@ def reserve(launcher, n: int) -> list:
 
 
 def die(redis_client, launcher) -> None:
-    """What a SIGKILL leaves behind: the reservations, and a heartbeat that expires."""
+    """What a SIGKILL leaves behind: the reservations, and a heartbeat and leases that
+    expire."""
     redis_client.delete(KEYS.process(launcher.identity))
+    for queue in launcher.config.queue_names:
+        redis_client.delete(KEYS.queue_keys(queue).lease(launcher.identity))
 
 
 def queue_jids(redis_client, queue: str = "default") -> list[str]:
@@ -84,7 +90,7 @@ def test_a_job_recovered_too_often_is_a_poison_pill(redis_client, make_launcher)
         die(redis_client, victim)
         moved, buried = make_launcher(max_recoveries=2).requeuer.requeue_once()
         assert (moved, buried) == ((1, 0) if crash < 2 else (0, 1))
-    (member,) = redis_client.zrange(KEYS.dead, 0, -1)
+    (member,) = redis_client.zrange(KEYS.dead("default"), 0, -1)
     entry = json.loads(member)
     assert entry["error_class"] == "PoisonPill" and entry["jid"] == jid
     assert json.loads(entry["raw"])["jid"] == jid, "the payload is kept as it was"
@@ -132,3 +138,48 @@ def test_stale_registry_entries_are_pruned(redis_client, make_launcher):
     die(redis_client, gone)
     make_launcher().requeuer.requeue_once(now=1000.0 + 3600)
     assert redis_client.zscore(KEYS.processes, gone.identity) is None
+
+
+def test_an_owner_with_a_live_lease_is_untouched_and_a_lease_less_one_recovered(
+        redis_client, make_launcher):
+    """The heartbeat hash gone is not enough: the lease in the queue's slot decides."""
+    jobs.Ok.enqueue_bulk([[i] for i in range(4)])
+    leased, lapsed = make_launcher(concurrency=1), make_launcher(concurrency=1)
+    reserve(leased, 2)
+    reserve(lapsed, 2)
+    lease = KEYS.queue_keys("default").lease(leased.identity)
+    assert 0 < redis_client.pttl(lease) <= leased.config.heartbeat_ttl * 1000
+    redis_client.delete(KEYS.process(leased.identity))  # the hash lapsed, the lease lives on
+    die(redis_client, lapsed)
+
+    assert make_launcher().requeuer.requeue_once() == (2, 0)
+    assert redis_client.llen(KEYS.in_progress("default", leased.identity)) == 2
+    assert redis_client.hexists(KEYS.reservations, KEYS.in_progress("default", leased.identity))
+    assert redis_client.zscore(KEYS.processes, leased.identity) is not None
+    assert not redis_client.exists(KEYS.in_progress("default", lapsed.identity))
+    assert not redis_client.hexists(KEYS.reservations, KEYS.in_progress("default", lapsed.identity))
+    assert redis_client.zscore(KEYS.processes, lapsed.identity) is None
+
+
+def test_leases_are_per_queue(redis_client, make_launcher):
+    """An owner whose lease lapsed in one queue only keeps its jobs there until the other
+    lapses too; each queue's list is recovered against that queue's lease."""
+    for queue in ("a", "b"):
+        jobs.Ok.with_options(queue=queue).enqueue_bulk([[queue]])
+    owner = make_launcher(queues="a,b", concurrency=2)
+    units = reserve(owner, 2)
+    assert sorted(u.queue for u in units) == ["a", "b"]
+    redis_client.delete(KEYS.process(owner.identity), KEYS.queue_keys("a").lease(owner.identity))
+    assert make_launcher().requeuer.requeue_once() == (1, 0)
+    assert redis_client.llen(KEYS.queue("a")) == 1 and redis_client.llen(KEYS.queue("b")) == 0
+    assert redis_client.llen(KEYS.in_progress("b", owner.identity)) == 1
+
+
+def test_a_bogus_registry_entry_is_dropped(redis_client, make_launcher):
+    bogus = {"not-a-key": "someone", KEYS.in_progress("default", "x"): "y",
+             "{jiggler:q:a*b}:in_progress:z": "z"}
+    redis_client.hset(KEYS.reservations, mapping=bogus)
+    redis_client.lpush(KEYS.in_progress("default", "x"), b"kept")
+    assert make_launcher().requeuer.requeue_once() == (0, 0)
+    assert not redis_client.exists(KEYS.reservations)
+    assert redis_client.llen(KEYS.in_progress("default", "x")) == 1  # never moved by a mismatch

@@ -43,7 +43,7 @@ def test_success_is_acked_and_counted(redis_client, make_launcher):
     assert redis_client.llen(QUEUE) == 0
     assert launcher.stats.processed == 1 and launcher.stats.failed == 0
     assert launcher.fetcher.held == set()
-    assert redis_client.zcard(KEYS.retries) == 0 and redis_client.zcard(KEYS.dead) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0 and redis_client.zcard(KEYS.dead("default")) == 0
 
 
 def test_process_one_returns_false_on_an_empty_queue(redis_client, make_launcher):
@@ -63,7 +63,7 @@ def test_failure_goes_to_the_retry_set_and_is_acked(redis_client, make_launcher)
     before = time.time()
     assert new_worker(launcher).process_one() is True
 
-    (entry, score), = zset_entries(redis_client, KEYS.retries)
+    (entry, score), = zset_entries(redis_client, KEYS.retries("default"))
     assert entry["jid"] == jid and entry["name"] == "srv.boom"
     assert entry["attempt"] == 1
     assert entry["error_class"] == "ValueError"
@@ -80,7 +80,7 @@ def test_failure_goes_to_the_retry_set_and_is_acked(redis_client, make_launcher)
     assert launcher.acker.pending == []
     assert redis_client.llen(QUEUE) == 0
     assert launcher.stats.failed == 1 and launcher.stats.processed == 0
-    assert redis_client.zcard(KEYS.dead) == 0
+    assert redis_client.zcard(KEYS.dead("default")) == 0
 
 
 def test_last_attempt_goes_to_the_dead_set(redis_client, make_launcher):
@@ -88,8 +88,8 @@ def test_last_attempt_goes_to_the_dead_set(redis_client, make_launcher):
     jid = jobs.Boom.with_options(retries=0).enqueue("no second chance")
     assert new_worker(launcher).process_one() is True
 
-    assert redis_client.zcard(KEYS.retries) == 0
-    (entry, score), = zset_entries(redis_client, KEYS.dead)
+    assert redis_client.zcard(KEYS.retries("default")) == 0
+    (entry, score), = zset_entries(redis_client, KEYS.dead("default"))
     assert entry["jid"] == jid
     assert entry["attempt"] == 1
     assert entry["error_class"] == "ValueError"
@@ -109,7 +109,7 @@ def test_retries_count_up_to_the_limit_then_dead(redis_client, make_launcher):
     redis_client.lpush(QUEUE, json.dumps(payload))
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
 
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert entry["attempt"] == 4
     assert entry["failed_at"] == 1.0  # the first failure time is kept
     assert entry["retried_at"] >= entry["failed_at"]
@@ -126,7 +126,7 @@ def test_job_timeout_class_option_takes_the_retry_path(redis_client, make_launch
 
     assert jobs.events("start") == [("start", jid)]
     assert jobs.events("end") == []
-    (entry, _), = zset_entries(redis_client, KEYS.retries)
+    (entry, _), = zset_entries(redis_client, KEYS.retries("default"))
     assert entry["jid"] == jid
     assert entry["error_class"] == "JobTimeout"
     assert "0.2" in entry["error_message"]
@@ -142,7 +142,7 @@ def test_except_exception_in_the_job_cannot_swallow_its_timeout(redis_client, ma
 
     assert jobs.SWALLOWED == []
     assert jobs.events("end") == []
-    (entry, _), = zset_entries(redis_client, KEYS.retries)
+    (entry, _), = zset_entries(redis_client, KEYS.retries("default"))
     assert entry["error_class"] == "JobTimeout"
     assert in_progress(redis_client, launcher) == []
 
@@ -153,7 +153,7 @@ def test_config_job_timeout_applies_to_jobs_without_their_own(redis_client, make
     started = time.monotonic()
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "retry"
     assert time.monotonic() - started < 2
-    (entry, _), = zset_entries(redis_client, KEYS.retries)
+    (entry, _), = zset_entries(redis_client, KEYS.retries("default"))
     assert entry["error_class"] == "JobTimeout"
 
 
@@ -193,14 +193,14 @@ def test_bad_payload_goes_to_the_dead_set_raw(redis_client, make_launcher, raw):
     assert worker.process(launcher.fetcher.fetch()) == "dead"
 
     assert jobs.EVENTS == []
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert raw_of(entry) == raw
     assert entry["error_class"] == "PayloadError"
     assert entry["error_message"]
     assert entry["queue"] == "default"
     assert in_progress(redis_client, launcher) == []
     assert redis_client.llen(QUEUE) == 0
-    assert redis_client.zcard(KEYS.retries) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0
     assert launcher.stats.failed == 1
     # the worker goes on: the next job runs
     jobs.Ok.enqueue()
@@ -214,16 +214,16 @@ def test_dead_set_is_trimmed_to_max_dead_jobs(redis_client, make_launcher):
     for raw in raws:
         redis_client.lpush(QUEUE, raw)
         assert worker.process(launcher.fetcher.fetch()) == "dead"
-    assert [raw_of(entry) for entry, _ in zset_entries(redis_client, KEYS.dead)] == raws[2:]
+    assert [raw_of(entry) for entry, _ in zset_entries(redis_client, KEYS.dead("default"))] == raws[2:]
 
 
 def test_dead_set_drops_entries_older_than_dead_timeout(redis_client, make_launcher):
     launcher = make_launcher(dead_timeout=60.0)
-    redis_client.zadd(KEYS.dead, {b'{"old": true}': time.time() - 120,
+    redis_client.zadd(KEYS.dead("default"), {b'{"old": true}': time.time() - 120,
                                   b'{"recent": true}': time.time() - 30})
     redis_client.lpush(QUEUE, b"not json")
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
-    members = redis_client.zrange(KEYS.dead, 0, -1)
+    members = redis_client.zrange(KEYS.dead("default"), 0, -1)
     assert b'{"old": true}' not in members
     assert b'{"recent": true}' in members and len(members) == 2
 
@@ -233,7 +233,7 @@ def test_oversized_payload_goes_to_the_dead_set(redis_client, make_launcher):
     raw = json.dumps({"name": "srv.ok", "args": ["x" * (9 * 1024 * 1024)]}).encode()
     redis_client.lpush(QUEUE, raw)
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert raw_of(entry) == raw
     assert "bytes" in entry["error_message"]
     assert jobs.EVENTS == []
@@ -251,7 +251,7 @@ def test_unknown_name_goes_to_the_dead_set_and_nothing_runs(redis_client, make_l
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
 
     assert not canary.exists()
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert entry["name"] == name and entry["args"] == [command] and entry["jid"] == "cd" * 12
     assert entry["error_class"] == "UnknownJobError"
     assert name in entry["error_message"]
@@ -267,7 +267,7 @@ def test_unknown_dotted_name_imports_nothing(redis_client, make_launcher):
     redis_client.lpush(QUEUE, json.dumps(payload))
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
     assert "antigravity" not in sys.modules
-    assert redis_client.zcard(KEYS.dead) == 1
+    assert redis_client.zcard(KEYS.dead("default")) == 1
 
 
 @pytest.mark.parametrize(
@@ -287,12 +287,12 @@ def test_arguments_that_do_not_fit_go_to_the_dead_set(redis_client, make_launche
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
 
     assert jobs.EVENTS == []
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert entry["jid"] == "ef" * 12 and entry["args"] == body["args"]
     assert entry.get("kwargs", {}) == body.get("kwargs", {})
     assert entry["error_class"] == "BadArguments"
     assert "srv.two" in entry["error_message"]
-    assert redis_client.zcard(KEYS.retries) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0
     assert in_progress(redis_client, launcher) == []
 
 
@@ -302,10 +302,10 @@ def test_failure_that_cannot_be_written_back_is_buried_raw(redis_client, make_la
     raw = b'{"name": "srv.boom", "args": ["\\ud800"]}'
     redis_client.lpush(QUEUE, raw)
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "dead"
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert raw_of(entry) == raw
     assert in_progress(redis_client, launcher) == []
-    assert redis_client.zcard(KEYS.retries) == 0
+    assert redis_client.zcard(KEYS.retries("default")) == 0
 
 
 # -- at-most-once ----------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_at_most_once_failure_still_goes_to_the_retry_set(redis_client, make_lau
     launcher = make_launcher(mode=AT_MOST_ONCE)
     jobs.Boom.enqueue()
     assert new_worker(launcher).process_one() is True
-    assert redis_client.zcard(KEYS.retries) == 1
+    assert redis_client.zcard(KEYS.retries("default")) == 1
     assert in_progress_keys(redis_client) == []
 
 
@@ -358,7 +358,7 @@ def test_function_job_runs_and_checks_its_arguments(redis_client, make_launcher)
     assert jobs.events("add") == [("add", 5)]
     redis_client.lpush(QUEUE, json.dumps({"name": "srv.add", "args": [1, 2, 3]}))
     assert worker.process(launcher.fetcher.fetch()) == "dead"
-    (entry, _), = zset_entries(redis_client, KEYS.dead)
+    (entry, _), = zset_entries(redis_client, KEYS.dead("default"))
     assert entry["error_class"] == "BadArguments"
     launcher.acker.flush()
     assert in_progress(redis_client, launcher) == []
@@ -374,7 +374,7 @@ def test_job_raising_greenlet_exit_itself_takes_the_failure_path(redis_client, m
     launcher.acker.flush()
     assert in_progress_keys(redis_client) == [], f"outcome {outcome!r}: still reserved"
     assert outcome in ("retry", "dead")
-    assert redis_client.zcard(KEYS.retries) + redis_client.zcard(KEYS.dead) == 1
+    assert redis_client.zcard(KEYS.retries("default")) + redis_client.zcard(KEYS.dead("default")) == 1
 
 
 @pytest.mark.parametrize("behaviour", ["negative", "nan", "text", "raise"])
@@ -384,7 +384,7 @@ def test_misbehaving_retry_in_falls_back_to_the_default_backoff(redis_client, ma
     jobs.BadBackoff.enqueue(behaviour)
     before = time.time()
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "retry"
-    (entry, score), = zset_entries(redis_client, KEYS.retries)
+    (entry, score), = zset_entries(redis_client, KEYS.retries("default"))
     assert before + 7 <= score <= time.time() + 23  # 15 s +-50%
     assert entry["retry_at"] == pytest.approx(score)
 
@@ -393,7 +393,7 @@ def test_long_error_message_is_truncated(redis_client, make_launcher):
     launcher = make_launcher()
     jobs.Boom.enqueue("x" * 100_000)
     assert new_worker(launcher).process(launcher.fetcher.fetch()) == "retry"
-    (entry, _), = zset_entries(redis_client, KEYS.retries)
+    (entry, _), = zset_entries(redis_client, KEYS.retries("default"))
     assert entry["error_message"].startswith("xxx")
     assert len(entry["error_message"]) < 5000
     assert entry["args"] == ["x" * 100_000]  # the arguments themselves are kept

@@ -43,11 +43,13 @@ def seed(client, namespace: str = "") -> Keys:
     client.set(keys.failures_on(today), 50)
     client.lpush(keys.queue("mail"), payload.dumps(payload.build(
         "Mail", [XSS], {}, queue="mail", retries=1, jid="queued1")), b"\xff\xfe raw")
-    client.zadd(keys.dead, {failed_entry("dead1", message=XSS_ERROR): now,
-                            b"\xff\xfe<script>not utf-8": now - 1,
-                            ujson.dumps({"name": XSS, "jid": "odd\"'<>"}).encode(): now - 2})
-    client.zadd(keys.retries, {failed_entry("retry1", message=XSS_ERROR, retry_at=now + 60): now + 60})
-    client.zadd(keys.scheduled, {payload.dumps(payload.build(
+    client.sadd(keys.queues, "mail")
+    client.zadd(keys.dead("mail"), {failed_entry("dead1", message=XSS_ERROR): now,
+                                    b"\xff\xfe<script>not utf-8": now - 1,
+                                    ujson.dumps({"name": XSS, "jid": "odd\"'<>"}).encode(): now - 2})
+    client.zadd(keys.retries("mail"),
+                {failed_entry("retry1", message=XSS_ERROR, retry_at=now + 60): now + 60})
+    client.zadd(keys.scheduled("mail"), {payload.dumps(payload.build(
         "Mail", [XSS], {}, queue="mail", retries=1, jid="sched1")): now + 3600})
     client.zadd(keys.processes, {"proc1": now})
     client.hset(keys.process("proc1"), mapping={

@@ -19,7 +19,7 @@ import pytest
 
 from jiggler_gevent.api import Api
 
-from .conftest import REPO_ROOT, seed
+from .conftest import REPO_ROOT, failed_entry, seed
 
 CHROMIUM = os.environ.get("JIGGLER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = os.environ.get("JIGGLER_CHROMEDRIVER") or shutil.which("chromedriver")
@@ -118,6 +118,19 @@ def test_overview_live_chart_and_retry_dead_job(browser, web_server, redis_clien
     screenshot(browser, "dead-after-retry")
     retried = Api(redis_client).find_job("dead1")
     assert retried is not None and (retried.where, retried.queue) == ("queue", "mail")
+
+    redis_client.zadd(keys.dead("low"), {failed_entry("low1", queue="mail"): 1.0})
+    redis_client.sadd(keys.queues, "low")
+    browser.get(server.url + "/dead")
+    browser.find_element(By.LINK_TEXT, "low (1)").click()
+    wait.until(lambda d: "queue=low" in d.current_url)
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.jobs tbody tr")
+    assert len(rows) == 1 and "low1" in rows[0].text and "retry goes to mail" in rows[0].text
+    screenshot(browser, "dead-one-queue")
+    rows[0].find_element(By.XPATH, ".//button[normalize-space()='Retry now']").click()
+    wait.until(lambda d: "Job moved to its queue." in d.find_element(By.TAG_NAME, "body").text)
+    assert "queue=low" in browser.current_url  # back to the narrowed listing
+    assert Api(redis_client).find_job("low1").where == "queue"
 
     browser.get(server.url + "/jobs/retry1")
     assert "Backtrace" in browser.find_element(By.TAG_NAME, "body").text

@@ -17,12 +17,15 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware  # noqa: E402
 
 from jiggler_gevent.api import Api, signals_key  # noqa: E402
 from jiggler_gevent.connection import make_client  # noqa: E402
+from jiggler_gevent.keys import Keys  # noqa: E402
 from jiggler_gevent.web import BasicAuth, Dashboard  # noqa: E402
 
-from .conftest import XSS, seed  # noqa: E402
+from .conftest import XSS, failed_entry, seed  # noqa: E402
 
+KEYS = Keys()
 PAGES = ["/", "/busy", "/queues", "/queues/mail", "/retries", "/scheduled", "/dead",
-         "/jobs/dead1", "/jobs/retry1", "/jobs/sched1", "/jobs/queued1"]
+         "/jobs/dead1", "/jobs/retry1", "/jobs/sched1", "/jobs/queued1", "/dead?queue=mail",
+         "/retries?queue=nothing-here"]
 SAME_ORIGIN = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
 ALLOWED_TAGS = {"html", "head", "meta", "title", "link", "script", "body", "header", "a", "nav",
                 "span", "code", "main", "p", "h1", "h2", "small", "section", "div", "canvas",
@@ -126,9 +129,12 @@ def test_static_files(client):
 
 @pytest.mark.parametrize("path", [
     "/nope", "/queues/a:b", "/queues/%3Cscript%3E", "/queues/" + "a" * 129, "/static/../app.py",
-    "/static/app.py", "/dead/notaref", "/dead/1.5_" + "0" * 40, "/dead/1.5_" + "0" * 39 + "z",
+    "/static/app.py", "/dead/notaref", "/dead/mail:1.5:" + "0" * 40, "/dead/mail:1.5:" + "0" * 39 + "z",
+    "/dead/1.5_" + "0" * 40, "/dead/mail:1.5_" + "0" * 40, "/dead/a%3Ab:1.5:" + "0" * 40,
+    "/dead/%3Cb%3E:1.5:" + "0" * 40, "/dead/" + "q" * 129 + ":1:" + "0" * 40,
     "/jobs/nope", "/jobs/%3Cscript%3E", "/jobs/" + "a" * 65, "/busy/x", "/processes",
-    "/dead/1e999999_" + "0" * 40, "/%00", "/queues/mail/../../etc/passwd",
+    "/dead/mail:1e999999:" + "0" * 40, "/%00", "/queues/mail/../../etc/passwd",
+    "/dead?queue=%3Cscript%3E", "/dead?queue=a:b",
 ])
 def test_hostile_paths_404(client, path):
     response = client.get(path)
@@ -157,7 +163,7 @@ def test_retry_now_through_the_form(client, redis_client):
     ref = Api(redis_client).find_job("dead1").ref
     response = post(client, f"/dead/{ref}/retry", token)
     assert response.status_code == 303 and response.headers["Location"] == "/dead?done=retried"
-    assert redis_client.llen("jiggler:list:mail") == 3
+    assert redis_client.llen(KEYS.queue("mail")) == 3
     assert "Job moved to its queue." in client.get("/dead?done=retried").text
     assert "<b>" not in client.get("/dead?done=%3Cb%3E").text  # notices are fixed texts only
     gone = post(client, f"/dead/{ref}/retry", token)
@@ -170,22 +176,60 @@ def test_retry_of_odd_entry_is_refused_clearly(client, redis_client):
     odd = next(e for e in Api(redis_client).set_page("dead").entries if e.problem)
     response = post(client, f"/dead/{odd.ref}/retry", token)
     assert response.status_code == 409 and "not a runnable job" in response.text
-    assert redis_client.zcard("jiggler:set:dead") == 3
+    assert redis_client.zcard(KEYS.dead("mail")) == 3
 
 
 def test_kill_delete_and_bulk_actions(client, redis_client):
     token = csrf(client)
     api = Api(redis_client)
     assert post(client, f"/retries/{api.find_job('retry1').ref}/kill", token).status_code == 303
-    assert redis_client.zcard("jiggler:set:retries") == 0 and redis_client.zcard("jiggler:set:dead") == 4
+    assert redis_client.zcard(KEYS.retries("mail")) == 0 and redis_client.zcard(KEYS.dead("mail")) == 4
     assert post(client, f"/scheduled/{api.find_job('sched1').ref}/delete", token).status_code == 303
-    assert redis_client.zcard("jiggler:set:scheduled") == 0
+    assert redis_client.zcard(KEYS.scheduled("mail")) == 0
     response = post(client, "/dead/retry-all", token)
     assert response.headers["Location"] == "/dead?done=retried-all"
-    assert redis_client.zcard("jiggler:set:dead") == 1  # the non-UTF-8 entry stays
-    assert redis_client.llen("jiggler:list:default") == 1  # a name and no queue: default
+    assert redis_client.zcard(KEYS.dead("mail")) == 1  # the non-UTF-8 entry stays
+    assert redis_client.llen(KEYS.queue("mail")) == 2 + 3  # a name and no queue: the set's queue
     assert post(client, "/dead/delete-all", token).status_code == 303
-    assert redis_client.zcard("jiggler:set:dead") == 0
+    assert redis_client.zcard(KEYS.dead("mail")) == 0
+
+
+def test_set_listing_shows_each_entrys_queue_and_filters_by_queue(client, redis_client):
+    redis_client.zadd(KEYS.dead("low"), {failed_entry("low1", queue="mail"): 1.0})
+    redis_client.sadd(KEYS.queues, "low")
+    body = client.get("/dead").text
+    check_safe_html(body)
+    assert "4 job(s)" in body
+    assert 'href="/dead?queue=low">low (1)</a>' in body and 'href="/dead?queue=mail">mail (3)</a>' in body
+    low_row = next(row for row in body.split("<tr>") if "low1" in row)
+    assert 'href="/dead?queue=low">low</a>' in low_row and "retry goes to mail" in low_row
+    narrowed = client.get("/dead?queue=low&count=1").text
+    assert "low1" in narrowed and "dead1" not in narrowed and "1 job(s)" in narrowed
+    assert "<strong>low (1)</strong>" in narrowed and 'href="/dead">all</a>' in narrowed
+    token = csrf(client)
+    ref = Api(redis_client).find_job("low1").ref
+    assert ref.startswith("low:")
+    detail = client.get(f"/dead/{ref}").text
+    assert "Retry now (to mail)" in detail and 'href="/dead?queue=low">low</a>' in detail
+    response = post(client, f"/dead/{ref}/retry", token, queue="low")
+    assert response.headers["Location"] == "/dead?done=retried&queue=low"
+    assert redis_client.zcard(KEYS.dead("low")) == 0
+    assert redis_client.llen(KEYS.queue("mail")) == 3  # a dead entry of low, back to its queue
+    response = post(client, "/dead/delete-all", token, queue="mail")
+    assert response.headers["Location"] == "/dead?done=deleted-all&queue=mail"
+    assert redis_client.zcard(KEYS.dead("mail")) == 0
+    assert post(client, "/dead/delete-all", token, queue="a:b").status_code == 404
+
+
+def test_pager_keeps_the_queue_filter(client, redis_client):
+    for i in range(3):
+        redis_client.zadd(KEYS.dead("low"), {failed_entry(f"low{i}", queue="low"): float(i)})
+    redis_client.sadd(KEYS.queues, "low")
+    body = client.get("/dead?queue=low&count=1&page=2").text
+    assert "page 2 of 3" in body
+    assert "?page=1&amp;count=1&amp;queue=low" in body and "?page=3&amp;count=1&amp;queue=low" in body
+    forms = re.findall(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', body, re.S)
+    assert forms and all('name="queue" value="low"' in inner for _, inner in forms)
 
 
 def test_queue_actions(client, redis_client):
@@ -193,10 +237,10 @@ def test_queue_actions(client, redis_client):
     ref = next(e for e in Api(redis_client).queue_page("mail").entries if e.problem).ref
     response = post(client, "/queues/mail/delete", token, ref=ref)
     assert response.headers["Location"] == "/queues/mail?done=deleted"
-    assert redis_client.llen("jiggler:list:mail") == 1
+    assert redis_client.llen(KEYS.queue("mail")) == 1
     assert post(client, "/queues/mail/delete", token, ref="x").status_code == 404
     assert post(client, "/queues/mail/clear", token).status_code == 303
-    assert not redis_client.exists("jiggler:list:mail")
+    assert not redis_client.exists(KEYS.queue("mail"))
 
 
 def test_quiet_and_stop_buttons(client, redis_client):
@@ -204,7 +248,7 @@ def test_quiet_and_stop_buttons(client, redis_client):
     assert 'action="/busy/proc1/quiet"' in client.get("/busy").text
     assert post(client, "/busy/proc1/quiet", token).headers["Location"] == "/busy?done=quiet"
     assert post(client, "/busy/proc1/stop", token).status_code == 303
-    assert redis_client.lrange("jiggler:process:proc1:signals", 0, -1) == [b"stop", b"quiet"]
+    assert redis_client.lrange(KEYS.signals("proc1"), 0, -1) == [b"stop", b"quiet"]
     assert post(client, "/busy/nobody/stop", token).status_code == 404
 
 
@@ -226,7 +270,7 @@ def test_csrf_refusals_change_nothing(client, redis_client):
         assert response.status_code == 403
     client.delete_cookie("jiggler_csrf")
     assert post(client, path, token).status_code == 403  # the cookie half is missing
-    assert redis_client.zcard("jiggler:set:dead") == 3
+    assert redis_client.zcard(KEYS.dead("mail")) == 3
     client.set_cookie("jiggler_csrf", token)
     assert post(client, path, token, headers={}).status_code == 303  # no Origin: token decides
 
@@ -299,7 +343,7 @@ def test_basic_auth(redis_client):
 
 def test_signals_key_is_the_documented_one(redis_client):
     api = Api(redis_client, "ns")
-    assert signals_key(api.keys, "abc") == "ns:jiggler:process:abc:signals"
+    assert signals_key(api.keys, "abc") == "{ns:jiggler}:process:abc:signals"
 
 
 def test_app_is_per_request_state_free(redis_client):

@@ -10,6 +10,8 @@ import pytest
 
 pytest.importorskip("jinja2")
 
+from jiggler_gevent.keys import Keys  # noqa: E402
+
 
 def fetch(url: str, auth: str | None = None) -> tuple[int, dict, bytes]:
     request = urllib.request.Request(url)
@@ -23,7 +25,7 @@ def fetch(url: str, auth: str | None = None) -> tuple[int, dict, bytes]:
 
 
 def test_serves_the_dashboard(web_server, redis_client):
-    redis_client.set("jiggler:stats:processed_counter", 77)
+    redis_client.set(Keys().processed, 77)
     server = web_server()
     status, headers, body = fetch(server.url + "/")
     assert status == 200 and b"77" in body
