@@ -121,7 +121,10 @@ def test_worker_sigkill_mid_job(mode, fleet, ledger, redis_client, report):
                            "their queue", must_run=workers)
                 recovery_s.append(time.monotonic() - killed_at)
                 assert recovery_s[-1] < tight_bound, (recovery_s[-1], tight_bound)
-                assert redis_client.hget(KEYS.reservations, key) is None
+                # the registry entry goes right after, in the recoverer's next round trip
+                fleet.wait(lambda: redis_client.hget(KEYS.reservations, key) is None,  # noqa: B023
+                           2, f"the reservation of {victim.name} to be forgotten",
+                           must_run=workers)
                 # and they run again, elsewhere, before the next kill (else the next
                 # victim would be killed running them, and after --max-recoveries such
                 # crashes in a row a job is taken for a poison pill, as designed)
