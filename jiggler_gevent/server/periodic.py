@@ -1,7 +1,7 @@
 """The periodic scheduler: one greenlet that enqueues each schedule's ticks.
 
 Owns turning due ticks into jobs, exactly once across every worker process on one
-Redis without a leader: for a due tick each process runs :data:`CLAIM_LUA`, which
+Redis without a leader: for a due tick each process runs ``periodic_claim.lua``, which
 compares the tick with the schedule's last recorded tick, records it and pushes the
 job in one atomic step. Only the first process to arrive pushes; the others see the
 tick recorded. Claim and push cannot be separated by a crash. The jid is derived from
@@ -33,29 +33,13 @@ from ..errors import EnqueueError, UnknownJobError
 from ..job import Enqueuer, lookup
 from ..keys import Keys
 from ..periodic import Schedule
+from ..scripts import source as script_source
 from .backoff import REDIS_ERRORS, Backoff
 
 log = logging.getLogger(__name__)
 
 MAX_SLEEP_S = 1.0  # the loop wakes at least this often (to notice a stop)
 WAKE_MARGIN_S = 0.005  # sleep a hair past the tick so `now` is surely at or after it
-
-# KEYS[1] the queue's hash schedule name -> last tick, KEYS[2] the queue's pending list
-# (both in the queue's cluster slot)
-# ARGV[1] schedule name, ARGV[2] tick (epoch seconds), ARGV[3] payload
-# returns 1 pushed, 0 tick already taken, 2 first sight of the schedule (recorded, not pushed)
-CLAIM_LUA = """
-local last = redis.call('HGET', KEYS[1], ARGV[1])
-if last and tonumber(last) >= tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if not last then
-  return 2
-end
-redis.call('LPUSH', KEYS[2], ARGV[3])
-return 1
-"""
 
 
 def tick_jid(schedule_name: str, tick: float) -> str:
@@ -70,7 +54,7 @@ class PeriodicScheduler:
         self.client = client
         self.keys = keys
         self.schedules = list(schedules)
-        self._claim = client.register_script(CLAIM_LUA)
+        self._claim = client.register_script(script_source("periodic_claim"))
         self._next: dict[str, float] = {}  # schedule name -> earliest time worth a look
         self._warned: set[str] = set()
         self.stopping = False
