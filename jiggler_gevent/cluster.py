@@ -54,20 +54,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from .connection import (
-    _COMMON_OPTIONS,
-    _FALSE,
-    _TLS_OPTIONS,
-    CONNECT_TIMEOUT_S,
-    HEALTH_CHECK_INTERVAL_S,
-    _check_option,
-    _parse_db,
-    _parse_host_port,
-    _query_of,
-    _split_credentials,
-    describe_url,
-    tls_kwargs,
-)
+from .connection import _connection_kwargs, _parse_db, _parse_host_list_url, tls_kwargs
 from .errors import ConfigError
 
 DEFAULT_CLUSTER_PORT = 6379
@@ -106,34 +93,19 @@ def parse_cluster_url(url: str) -> ClusterUrl:
     only, so the path is empty, ``/`` or ``/0``. Raises :class:`ConfigError` naming
     what is wrong (the password is never shown).
     """
-    where = f"redis url {describe_url(url)!r}"
-    scheme = next((s for s in CLUSTER_SCHEMES if url.startswith(s)), None)
-    if scheme is None:
-        raise ConfigError(f"{where} must start with {CLUSTER_SCHEME} or {CLUSTER_TLS_SCHEME}")
-    tls = scheme == CLUSTER_TLS_SCHEME
-    rest = url[len(scheme):].split("#", 1)[0].split("?", 1)[0]
-    authority, _, path = rest.partition("/")
-    creds, at, hosts_text = authority.rpartition("@")
-    username, password = _split_credentials(creds) if at else (None, None)
-    nodes = tuple(_parse_host_port(item, where, DEFAULT_CLUSTER_PORT, "cluster node")
-                  for item in hosts_text.split(","))
-    if unquote(path).strip("/") not in ("", "0"):
+    parsed = _parse_host_list_url(url, CLUSTER_SCHEMES, DEFAULT_CLUSTER_PORT, "cluster node")
+    where = parsed.where
+    if unquote(parsed.path).strip("/") not in ("", "0"):
         raise ConfigError(f"{where}: a Redis Cluster has database 0 only (no path, or /0)")
-    allowed = _COMMON_OPTIONS | (_TLS_OPTIONS if tls else frozenset())
     options = []
-    for name, value in _query_of(url):
-        if name not in allowed:
-            if name in _TLS_OPTIONS:
-                raise ConfigError(f"{where}: {name} needs a {CLUSTER_TLS_SCHEME} url")
-            raise ConfigError(f"{where}: unknown option {name!r} (known: {', '.join(sorted(allowed))})")
-        _check_option(url, name, value)
+    for name, value in parsed.options():
         if name == "db":
             if _parse_db(value, where) != 0:
                 raise ConfigError(f"{where}: a Redis Cluster has database 0 only")
             continue
         options.append((name, value))
-    return ClusterUrl(nodes=nodes, tls=tls, username=username, password=password,
-                      options=tuple(options))
+    return ClusterUrl(nodes=parsed.hosts, tls=parsed.tls, username=parsed.username,
+                      password=parsed.password, options=tuple(options))
 
 
 # -- no blind re-sends -------------------------------------------------------------------
@@ -336,9 +308,8 @@ def make_cluster_client(parsed: ClusterUrl, *, max_connections: int, socket_time
                         pool_timeout: Optional[float], client_name: Optional[str]) -> ClusterClient:
     """The client of the cluster ``parsed`` names (see :func:`connection.make_client`);
     ``max_connections`` is per node."""
-    options = dict(parsed.options)
-    socket_timeout = float(options.get("socket_timeout", socket_timeout))
     kwargs = dict(
+        _connection_kwargs(dict(parsed.options), socket_timeout, client_name),
         retry=RedirectRetry(),
         require_full_coverage=True,
         connection_pool_class=redis.BlockingConnectionPool,
@@ -346,15 +317,7 @@ def make_cluster_client(parsed: ClusterUrl, *, max_connections: int, socket_time
         timeout=pool_timeout,
         username=parsed.username,
         password=parsed.password,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=float(options.get("socket_connect_timeout",
-                                                 min(CONNECT_TIMEOUT_S, socket_timeout))),
-        socket_keepalive=options.get("socket_keepalive", "true").lower() not in _FALSE,
-        health_check_interval=int(options.get("health_check_interval", HEALTH_CHECK_INTERVAL_S)),
-        client_name=options.get("client_name", client_name),
     )
-    if "protocol" in options:
-        kwargs["protocol"] = int(options["protocol"])
     if parsed.tls:
         kwargs.update(tls_kwargs(parsed.options), ssl=True)
 

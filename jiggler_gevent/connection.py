@@ -59,8 +59,10 @@ Examples::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
+from collections.abc import Iterator
 from typing import Optional
 from urllib.parse import parse_qsl, unquote
 
@@ -257,6 +259,82 @@ def _split_credentials(creds: str) -> tuple[Optional[str], Optional[str]]:
     user_text, colon, password_text = creds.partition(":")
     return (unquote(user_text) or None,
             unquote(password_text) if colon and password_text else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostListUrl:
+    """A ``redis+sentinel://`` or ``redis+cluster://`` url (or its ``rediss+`` form)
+    split by :func:`_parse_host_list_url`; the path is left to the caller."""
+
+    url: str = dataclasses.field(repr=False)  # holds the password
+    where: str  # "redis url '<url, password hidden>'": how error messages name it
+    scheme: str
+    tls_scheme: str  # the TLS form of the scheme (named by "needs a ... url")
+    hosts: tuple  # ((host, port), ...)
+    path: str  # after the first '/', not unquoted
+    username: Optional[str] = None
+    password: Optional[str] = dataclasses.field(default=None, repr=False)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == self.tls_scheme
+
+    def options(self, extra: frozenset = frozenset(),
+                tls_extra: frozenset = frozenset()) -> Iterator[tuple[str, str]]:
+        """The query options, ``(name, value)`` in url order, each checked (see
+        :func:`_check_option`) as it comes. Allowed: the common ones, ``extra``, and with
+        TLS the ``ssl_*`` ones and ``tls_extra``; any other is a :class:`ConfigError`."""
+        tls_only = _TLS_OPTIONS | tls_extra
+        allowed = _COMMON_OPTIONS | extra | (tls_only if self.tls else frozenset())
+        for name, value in _query_of(self.url):
+            if name not in allowed:
+                if name in tls_only:
+                    raise ConfigError(f"{self.where}: {name} needs a {self.tls_scheme} url")
+                raise ConfigError(f"{self.where}: unknown option {name!r} "
+                                  f"(known: {', '.join(sorted(allowed))})")
+            _check_option(self.url, name, value)
+            yield name, value
+
+
+def _parse_host_list_url(url: str, schemes: tuple[str, str], default_port: int,
+                         what: str) -> _HostListUrl:
+    """``<scheme>[[user]:password@]host1[:port1][,host2[:port2]...][/path][?...]`` with
+    ``schemes`` (plain, TLS); ``what`` names a host in errors ("Sentinel"). Raises
+    :class:`ConfigError` naming what is wrong (the password is never shown)."""
+    where = f"redis url {describe_url(url)!r}"
+    plain, tls = schemes
+    scheme = next((s for s in schemes if url.startswith(s)), None)
+    if scheme is None:
+        raise ConfigError(f"{where} must start with {plain} or {tls}")
+    rest = url[len(scheme):].split("#", 1)[0].split("?", 1)[0]
+    authority, _, path = rest.partition("/")
+    creds, at, hosts_text = authority.rpartition("@")
+    username, password = _split_credentials(creds) if at else (None, None)
+    hosts = tuple(_parse_host_port(item, where, default_port, what)
+                  for item in hosts_text.split(","))
+    return _HostListUrl(url=url, where=where, scheme=scheme, tls_scheme=tls, hosts=hosts,
+                        path=path, username=username, password=password)
+
+
+def _connection_kwargs(options: dict, socket_timeout: float,
+                       client_name: Optional[str]) -> dict:
+    """The connection keyword arguments set by the common query options of a Sentinel
+    or Cluster url (``options``: name -> value as given), else the defaults of
+    :func:`make_client`: ``socket_timeout``, ``socket_connect_timeout`` (the smaller of
+    5 s and the socket timeout), ``socket_keepalive`` (on), ``health_check_interval``,
+    ``client_name`` and, when given, ``protocol``."""
+    socket_timeout = float(options.get("socket_timeout", socket_timeout))
+    kwargs = dict(
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=float(options.get("socket_connect_timeout",
+                                                 min(CONNECT_TIMEOUT_S, socket_timeout))),
+        socket_keepalive=options.get("socket_keepalive", "true").lower() not in _FALSE,
+        health_check_interval=int(options.get("health_check_interval", HEALTH_CHECK_INTERVAL_S)),
+        client_name=options.get("client_name", client_name),
+    )
+    if "protocol" in options:
+        kwargs["protocol"] = int(options["protocol"])
+    return kwargs
 
 
 # -- messages --------------------------------------------------------------------------

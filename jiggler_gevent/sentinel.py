@@ -29,17 +29,11 @@ from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from .connection import (
-    _COMMON_OPTIONS,
     _FALSE,
-    _TLS_OPTIONS,
     CONNECT_TIMEOUT_S,
-    HEALTH_CHECK_INTERVAL_S,
-    _check_option,
+    _connection_kwargs,
     _parse_db,
-    _parse_host_port,
-    _query_of,
-    _split_credentials,
-    describe_url,
+    _parse_host_list_url,
     tls_kwargs,
 )
 from .errors import ConfigError
@@ -52,6 +46,7 @@ SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_TLS_SCHEME = "rediss+sentinel://"
 SENTINEL_SCHEMES = (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME)
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password", "min_other_sentinels"})
+_SENTINEL_TLS_OPTIONS = frozenset({"sentinel_ssl"})  # rediss+sentinel:// only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,37 +71,20 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     The port defaults to 26379; IPv6 hosts go in brackets (``[::1]:26379``). Raises
     :class:`ConfigError` naming what is wrong (the password is never shown).
     """
-    where = f"redis url {describe_url(url)!r}"
-    scheme = next((s for s in SENTINEL_SCHEMES if url.startswith(s)), None)
-    if scheme is None:
-        raise ConfigError(f"{where} must start with {SENTINEL_SCHEME} or {SENTINEL_TLS_SCHEME}")
-    tls = scheme == SENTINEL_TLS_SCHEME
-    rest = url[len(scheme):].split("#", 1)[0].split("?", 1)[0]
-    authority, _, path = rest.partition("/")
-    creds, at, hosts_text = authority.rpartition("@")
-    username = password = None
-    if at:
-        username, password = _split_credentials(creds)
-    sentinels = tuple(_parse_host_port(item, where, DEFAULT_SENTINEL_PORT, "Sentinel")
-                      for item in hosts_text.split(","))
+    parsed = _parse_host_list_url(url, SENTINEL_SCHEMES, DEFAULT_SENTINEL_PORT, "Sentinel")
+    where, path = parsed.where, parsed.path
     parts = [unquote(p) for p in path.split("/")] if path else []
     if parts and parts[-1] == "":
         parts.pop()  # a trailing slash
     if not parts or not parts[0]:
-        raise ConfigError(f"{where}: no service name ({scheme}host:port/<service>/<db>)")
+        raise ConfigError(f"{where}: no service name ({parsed.scheme}host:port/<service>/<db>)")
     if len(parts) > 2:
         raise ConfigError(f"{where}: the path must be /<service>[/<db>]")
     db = _parse_db(parts[1], where) if len(parts) == 2 else 0
     options = []
     sentinel_username = sentinel_password = None
-    sentinel_tls = tls
-    allowed = _COMMON_OPTIONS | _SENTINEL_OPTIONS | (_TLS_OPTIONS | {"sentinel_ssl"} if tls else set())
-    for name, value in _query_of(url):
-        if name not in allowed:
-            if name in _TLS_OPTIONS or name == "sentinel_ssl":
-                raise ConfigError(f"{where}: {name} needs a {SENTINEL_TLS_SCHEME} url")
-            raise ConfigError(f"{where}: unknown option {name!r} (known: {', '.join(sorted(allowed))})")
-        _check_option(url, name, value)
+    sentinel_tls = parsed.tls
+    for name, value in parsed.options(extra=_SENTINEL_OPTIONS, tls_extra=_SENTINEL_TLS_OPTIONS):
         if name == "db":
             db = _parse_db(value, where)
         elif name == "sentinel_username":
@@ -117,10 +95,10 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
             sentinel_tls = value.lower() not in _FALSE
         else:
             options.append((name, value))
-    return SentinelUrl(sentinels=sentinels, service_name=parts[0], db=db, username=username,
-                       password=password, sentinel_username=sentinel_username,
-                       sentinel_password=sentinel_password, options=tuple(options), tls=tls,
-                       sentinel_tls=sentinel_tls)
+    return SentinelUrl(sentinels=parsed.hosts, service_name=parts[0], db=db,
+                       username=parsed.username, password=parsed.password,
+                       sentinel_username=sentinel_username, sentinel_password=sentinel_password,
+                       options=tuple(options), tls=parsed.tls, sentinel_tls=sentinel_tls)
 
 
 class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -225,15 +203,12 @@ def make_sentinel_client(parsed: SentinelUrl, *, max_connections: int, socket_ti
                          pool_timeout: Optional[float], client_name: Optional[str]) -> redis.Redis:
     """The client of the master ``parsed`` names (see :func:`connection.make_client`)."""
     options = dict(parsed.options)
-    socket_timeout = float(options.get("socket_timeout", socket_timeout))
-    connect_timeout = float(options.get("socket_connect_timeout",
-                                        min(CONNECT_TIMEOUT_S, socket_timeout)))
-    keepalive = options.get("socket_keepalive", "true").lower() not in _FALSE
+    common = _connection_kwargs(options, socket_timeout, client_name)
     tls = tls_kwargs(parsed.options) if parsed.tls else {}
     sentinel_kwargs = dict(
-        socket_timeout=min(socket_timeout, CONNECT_TIMEOUT_S),
-        socket_connect_timeout=connect_timeout,
-        socket_keepalive=keepalive,
+        socket_timeout=min(common["socket_timeout"], CONNECT_TIMEOUT_S),
+        socket_connect_timeout=common["socket_connect_timeout"],
+        socket_keepalive=common["socket_keepalive"],
         retry=Retry(NoBackoff(), 0),  # an unreachable Sentinel: discovery asks the next one
         username=parsed.sentinel_username,
         password=parsed.sentinel_password,
@@ -241,26 +216,20 @@ def make_sentinel_client(parsed: SentinelUrl, *, max_connections: int, socket_ti
     sentinel = JigglerSentinel(
         list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs,
         min_other_sentinels=int(options.get("min_other_sentinels", 0)),
-        pool_timeout=socket_timeout,
+        pool_timeout=common["socket_timeout"],
         sentinel_tls=dict(tls, connection_class=redis.SSLConnection) if parsed.sentinel_tls else None,
     )
     master_kwargs = dict(
+        common,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
         max_connections=max_connections,
         timeout=pool_timeout,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        socket_keepalive=keepalive,
-        health_check_interval=int(options.get("health_check_interval", HEALTH_CHECK_INTERVAL_S)),
         retry=Retry(NoBackoff(), 0),
-        client_name=options.get("client_name", client_name),
     )
     if parsed.tls:
         master_kwargs.update(tls, ssl=True)  # SentinelManagedSSLConnection
-    if "protocol" in options:
-        master_kwargs["protocol"] = int(options["protocol"])
     return sentinel.master_for(parsed.service_name, redis_class=redis.Redis,
                                connection_pool_class=SentinelBlockingConnectionPool,
                                **master_kwargs)

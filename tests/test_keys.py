@@ -25,10 +25,6 @@ def test_key_names_without_namespace():
     assert keys.namespace == "" and keys.root == "jiggler" and keys.tag == "{jiggler}"
     assert keys.queue("default") == "{jiggler:q:default}:pending"
     assert keys.in_progress("mail", "host-1-abc") == "{jiggler:q:mail}:in_progress:host-1-abc"
-    assert keys.quarantine("mail") == "{jiggler:q:mail}:quarantine"
-    assert keys.scheduled("mail") == "{jiggler:q:mail}:scheduled"
-    assert keys.retries("mail") == "{jiggler:q:mail}:retries"
-    assert keys.dead("mail") == "{jiggler:q:mail}:dead"
     assert keys.queues == "{jiggler}:queues"
     assert keys.processed == "{jiggler}:stats:processed_counter"
     assert keys.failures == "{jiggler}:stats:failures_counter"
@@ -42,14 +38,23 @@ def test_key_names_without_namespace():
     assert keys.failures_on("2024-01-31") == "{jiggler}:stats:failures:2024-01-31"
 
 
+@pytest.mark.parametrize("name,method", [
+    ("pending", "queue"),
+    ("quarantine", "quarantine"),
+    ("scheduled", "scheduled"),
+    ("retries", "retries"),
+    ("dead", "dead"),
+])
+def test_the_lists_and_sets_of_a_queue(name, method):
+    """The same key as an attribute of ``QueueKeys`` and from the method of ``Keys``."""
+    keys = Keys()
+    assert getattr(keys.queue_keys("mail"), name) == f"{{jiggler:q:mail}}:{name}"
+    assert getattr(keys, method)("mail") == f"{{jiggler:q:mail}}:{name}"
+
+
 def test_queue_keys_of_one_queue():
     queue = Keys().queue_keys("mail")
     assert isinstance(queue, QueueKeys) and queue.name == "mail" and queue.tag == "{jiggler:q:mail}"
-    assert queue.pending == "{jiggler:q:mail}:pending"
-    assert queue.quarantine == "{jiggler:q:mail}:quarantine"
-    assert queue.scheduled == "{jiggler:q:mail}:scheduled"
-    assert queue.retries == "{jiggler:q:mail}:retries"
-    assert queue.dead == "{jiggler:q:mail}:dead"
     assert queue.recoveries == "{jiggler:q:mail}:recovered:"
     assert queue.periodic_last == "{jiggler:q:mail}:periodic:last"
     assert queue.in_progress("id1") == "{jiggler:q:mail}:in_progress:id1"

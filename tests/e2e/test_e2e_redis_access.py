@@ -19,7 +19,6 @@ from urllib.parse import quote
 import pytest
 import redis
 
-import jiggler_gevent
 from jiggler_gevent import connection, devserver
 from jiggler_gevent.config import Config
 from jiggler_gevent.errors import ConfigError
@@ -44,21 +43,6 @@ def started(server):
     except BaseException:
         server.cleanup()
         raise
-
-
-@pytest.fixture
-def enqueue_to():
-    """``enqueue_to(url)``: make ``Job.enqueue`` go to that url for this test."""
-
-    def configure(url: str) -> None:
-        jiggler_gevent.configure(redis_url=url, namespace="")
-
-    try:
-        yield configure
-    finally:
-        # a new max_connections drops (and closes) the lazy client built for the url
-        jiggler_gevent.configure(namespace="", max_connections=connection.DEFAULT_CLIENT_CONNECTIONS)
-        connection.settings.redis_url = None
 
 
 def run_bin(*args: str, cwd) -> tuple[subprocess.CompletedProcess, float]:

@@ -20,8 +20,6 @@ import ujson
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-import jiggler_gevent
-from jiggler_gevent import connection
 from jiggler_gevent import payload as _payload
 from jiggler_gevent.keys import Keys
 
@@ -40,17 +38,13 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def fresh_client(fresh_server):
+def fresh_client(fresh_server, enqueue_to):
     """A client of this test's own server; ``Job.enqueue`` goes there too."""
     client = redis.Redis.from_url(fresh_server.url)
-    jiggler_gevent.configure(redis_url=fresh_server.url, namespace="")
+    enqueue_to(fresh_server.url)
     try:
         yield client
     finally:
-        # a new max_connections drops (and closes) the lazy client of the fresh server
-        jiggler_gevent.configure(namespace="",
-                                 max_connections=connection.DEFAULT_CLIENT_CONNECTIONS)
-        connection.settings.redis_url = None
         client.close()
 
 
