@@ -226,6 +226,40 @@ def _fail(message: str, code: int = EXIT_STARTUP) -> None:
     sys.exit(code)
 
 
+def _redis_url_given(args) -> bool:
+    """Whether the worker was told its Redis (flag, config file or environment)."""
+    return bool(args.redis_url or os.environ.get("JIGGLER_REDIS_URL")
+                or os.environ.get("REDIS_URL"))
+
+
+def follow_the_app(config: Config, *, url_given: bool, namespace_given: bool) -> Config:
+    """The worker's config after the ``-r`` module has run, which may have configured the
+    client API itself (Flask's ``JIGGLER_REDIS_URL`` in ``app.config``, Django's
+    ``JIGGLER_GEVENT`` setting). Where the worker was not told its own Redis url or
+    namespace, it follows the app's, so that it fetches from where the app enqueues; where
+    both were given and differ, it keeps its own and warns (jobs enqueued by jobs would
+    go to the app's Redis)."""
+    app_url = connection.settings.redis_url or config.redis_url
+    app_namespace = connection.settings.keys.namespace
+    changes = {}
+    for option, ours, theirs, given in (("redis url", config.redis_url, app_url, url_given),
+                                        ("namespace", config.namespace, app_namespace,
+                                         namespace_given)):
+        if ours == theirs:
+            continue
+        shown = connection.describe_url(theirs) if option == "redis url" else theirs
+        if given:
+            log.warning("the app configures the %s %r but this worker was given %r: it "
+                        "fetches with its own, and jobs enqueued by jobs use the app's",
+                        option, shown,
+                        connection.describe_url(ours) if option == "redis url" else ours)
+        else:
+            log.info("using the app's %s %r (no --%s given)", option, shown,
+                     option.replace(" ", "-"))
+            changes["redis_url" if option == "redis url" else "namespace"] = theirs
+    return config.replace(**changes).validate() if changes else config
+
+
 def _warn_about_eviction(client) -> None:
     """Warn about every server (every primary of a cluster) that may evict keys."""
     try:
@@ -276,6 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         connection.configure(redis_url=config.redis_url, namespace=config.namespace,
                              max_connections=config.concurrency + 10)
         load_app(config.require)
+        config = follow_the_app(config, url_given=_redis_url_given(args),
+                                namespace_given=bool(args.namespace))
         middleware.load(args.middleware)
         launcher = Launcher(config)
         connection.ping(launcher.client, config.redis_url)

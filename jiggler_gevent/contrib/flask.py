@@ -26,9 +26,9 @@ Both ways of writing an app work with the worker's ``-r``::
 Config keys (all optional): ``JIGGLER_REDIS_URL``, ``JIGGLER_NAMESPACE``,
 ``JIGGLER_MAX_CONNECTIONS`` (the client API's pool), ``JIGGLER_MIDDLEWARE`` (dotted
 paths, see :func:`jiggler_gevent.middleware.load`) and ``JIGGLER_PERIODIC`` (a list
-of schedules, see :func:`jiggler_gevent.periodic.load_config`). The worker's own
-options (``--redis-url`` ...) come from its command line and environment as usual;
-give both sides the same Redis.
+of schedules, see :func:`jiggler_gevent.periodic.load_config`). A worker given no
+``--redis-url``/``--namespace`` of its own follows these (``cli.follow_the_app``); one
+given its own keeps them and warns when the app's differ.
 """
 
 from __future__ import annotations

@@ -84,3 +84,41 @@ def test_app_context_middleware_tears_down_on_failure():
         mw(None, {}, failing)
     assert mw(None, {}, lambda: current_app.name) == "teardown"
     assert torn == ["RuntimeError('job failed')", "None"]
+
+
+def test_worker_without_a_redis_url_follows_the_app_config(redis_client, app_env, start_worker):
+    """``JIGGLER_REDIS_URL`` in ``app.config`` and no ``--redis-url``: the worker fetches from
+    the app's Redis (where its requests enqueue), not from the default local server."""
+    import sys
+
+    import flaskapp
+    from e2e.procs import BIN, wait_until
+
+    web = flaskapp.create_app().test_client()
+    assert web.post("/greet/k2", data={"who": "grace"}).status_code == 200
+    worker = start_worker(env=app_env, argv=[sys.executable, str(BIN), "-r",
+                                             "flaskapp:create_app", "-c", "2"])
+    wait_until(lambda: web.get("/result/k2").json["result"] is not None, 20, "the job's result",
+               worker)
+    assert "using the app's redis url" in worker.stdout()
+    worker.send(signal.SIGTERM)
+    worker.wait_exit(15)
+    assert worker.returncode == 0, worker.tail()
+
+
+def test_worker_given_another_redis_url_keeps_it_and_warns(redis_url, caplog):
+    from jiggler_gevent import cli, connection
+    from jiggler_gevent.config import Config
+
+    config = Config(redis_url="redis://127.0.0.1:1/0").validate()
+    try:
+        connection.configure(redis_url=redis_url, namespace="app")
+        with caplog.at_level("INFO", logger="jiggler_gevent"):
+            kept = cli.follow_the_app(config, url_given=True, namespace_given=False)
+        assert kept.redis_url == "redis://127.0.0.1:1/0"
+        assert kept.namespace == "app"  # not given: follows the app
+        assert "the app configures the redis url" in caplog.text
+        assert "using the app's namespace 'app'" in caplog.text
+    finally:  # as tests/conftest.py's enqueue_to does
+        connection.configure(namespace="", max_connections=connection.DEFAULT_CLIENT_CONNECTIONS)
+        connection.settings.redis_url = None
