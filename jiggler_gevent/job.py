@@ -253,18 +253,18 @@ class Enqueuer:
     def queue(self) -> str:
         return self.options.get("queue") or self.job_class.queue
 
-    def build(self, args: Any, kwargs: Any, jid: Optional[str] = None) -> dict:
-        """The payload this enqueuer would push (checks the arguments)."""
+    def _options(self) -> dict:
         cls = self.job_class
-        return _payload.build(
-            cls.name,
-            args,
-            kwargs,
-            queue=self.queue,
-            retries=self.options.get("retries", cls.retries),
-            retry_queue=self.options.get("retry_queue", cls.retry_queue),
-            jid=jid or self.options.get("jid"),
-        )
+        return {"queue": self.queue, "retries": self.options.get("retries", cls.retries),
+                "retry_queue": self.options.get("retry_queue", cls.retry_queue)}
+
+    def build(self, args: Any, kwargs: Any, jid: Optional[str] = None, *,
+              options: Optional[dict] = None) -> dict:
+        """The payload this enqueuer would push (checks the arguments, and the options
+        unless ``options`` comes from :func:`payload.check_options` already)."""
+        return _payload.build(self.job_class.name, args, kwargs,
+                              jid=jid or self.options.get("jid"), options_checked=options is not None,
+                              **(options or self._options()))
 
     def enqueue(self, /, *args: Any, **kwargs: Any) -> Optional[str]:
         """LPUSH the job to its queue; returns the jid (None if a client middleware
@@ -285,7 +285,10 @@ class Enqueuer:
         """
         if "jid" in self.options:
             raise EnqueueError("a fixed jid cannot be used with enqueue_bulk")
-        jobs = [_middleware.run_client(self.job_class, self.build(*_split_item(item)))
+        options = self._options()
+        _payload.check_options(**options)  # once for the whole call
+        jobs = [_middleware.run_client(self.job_class,
+                                       self.build(*_split_item(item), options=options))
                 for item in arg_lists]
         by_queue: dict[str, list[bytes]] = {}
         for job in jobs:

@@ -27,11 +27,19 @@ NAME_MAX_CHARS = 512
 Payload = dict  # a decoded, checked payload (a plain dict, see the README for its fields)
 
 _SCALARS = (str, bool, type(None))
+_INT_MIN, _INT_LIMIT = -(2**63), 2**64  # what JSON decoders read back as the same integer
 
 
 def new_jid() -> str:
     """A random 24-hex-digit job id (96 bits)."""
     return os.urandom(12).hex()
+
+
+def _plain(value: Any) -> bool:
+    """A scalar that JSON carries unchanged (a 64-bit int, a finite float, a string...)."""
+    kind = type(value)
+    return kind in _SCALARS or (kind is int and _INT_MIN <= value < _INT_LIMIT) or (
+        kind is float and math.isfinite(value))
 
 
 def check_json_args(value: Any, where: str = "args", depth: int = 0) -> Any:
@@ -45,7 +53,7 @@ def check_json_args(value: Any, where: str = "args", depth: int = 0) -> Any:
     if kind in _SCALARS:
         return value
     if kind is int:
-        if -(2**63) <= value < 2**64:
+        if _INT_MIN <= value < _INT_LIMIT:
             return value
         raise EnqueueError(f"{where}: integer {value} does not fit in 64 bits")
     if kind is float:
@@ -55,16 +63,30 @@ def check_json_args(value: Any, where: str = "args", depth: int = 0) -> Any:
     if kind is list or kind is tuple or kind is dict:
         if depth >= MAX_NESTING:
             raise EnqueueError(f"{where}: nested more than {MAX_NESTING} levels deep")
+        # plain scalars are kept inline: no recursion, and the path of an item is only
+        # built for the items that need a closer look (the bulk enqueue path is hot)
         if kind is dict:
             for key in value:
                 if type(key) is not str:
                     raise EnqueueError(f"{where}: dict key {key!r} is not a string")
-            return {k: check_json_args(v, f"{where}[{k!r}]", depth + 1) for k, v in value.items()}
-        return [check_json_args(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+            return {k: v if _plain(v) else check_json_args(v, f"{where}[{k!r}]", depth + 1)
+                    for k, v in value.items()}
+        return [item if _plain(item) else check_json_args(item, f"{where}[{i}]", depth + 1)
+                for i, item in enumerate(value)]
     raise EnqueueError(
         f"{where}: {kind.__name__} value {value!r:.80} cannot be sent as JSON; "
         "pass ids, strings, numbers, lists or dicts instead"
     )
+
+
+def check_options(*, queue: str, retries: int, retry_queue: str | None = None) -> None:
+    """Raise :class:`EnqueueError` for a bad queue, retry_queue or retries count."""
+    if not valid_queue_name(queue):
+        raise EnqueueError(f"queue name {queue!r} is not valid (letters, digits, _ . -)")
+    if retry_queue is not None and not valid_queue_name(retry_queue):
+        raise EnqueueError(f"retry_queue name {retry_queue!r} is not valid")
+    if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
+        raise EnqueueError(f"retries must be an integer from 0 to {MAX_RETRIES}, not {retries!r}")
 
 
 def build(
@@ -77,14 +99,12 @@ def build(
     retry_queue: str | None = None,
     jid: str | None = None,
     now: float | None = None,
+    options_checked: bool = False,
 ) -> dict:
-    """A new payload dict for one job; checks the arguments and options."""
-    if not valid_queue_name(queue):
-        raise EnqueueError(f"queue name {queue!r} is not valid (letters, digits, _ . -)")
-    if retry_queue is not None and not valid_queue_name(retry_queue):
-        raise EnqueueError(f"retry_queue name {retry_queue!r} is not valid")
-    if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
-        raise EnqueueError(f"retries must be an integer from 0 to {MAX_RETRIES}, not {retries!r}")
+    """A new payload dict for one job; checks the arguments and (unless the caller did,
+    with :func:`check_options`, as a bulk enqueue does once) the options."""
+    if not options_checked:
+        check_options(queue=queue, retries=retries, retry_queue=retry_queue)
     payload = {
         "name": name,
         "args": check_json_args(list(args), "args"),
