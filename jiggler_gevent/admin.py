@@ -18,6 +18,7 @@ import argparse
 import datetime as _dt
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Callable, Optional
 
@@ -29,7 +30,7 @@ from .config import default_redis_url
 from .connection import describe_url, make_client, ping
 from .errors import ConfigError, RedisUnavailable
 
-SUBCOMMANDS = ("stats", "retry-dead", "delete-dead", "retry", "delete-retries", "kill",
+SUBCOMMANDS = ("stats", "periodic", "retry-dead", "delete-dead", "retry", "delete-retries", "kill",
                "clear-queue", "quiet", "stop", "clean", "web")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("stats", help="totals, queues and processes")
     cmd.add_argument("--json", action="store_true", help="print JSON instead of tables")
     cmd.add_argument("--days", type=int, default=0, help="also show the last N days of history")
+    cmd = sub.add_parser("periodic", help="the periodic schedules the workers published")
+    cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cmd = sub.add_parser("retry-dead", help="move dead jobs back to their queues")
     group = cmd.add_mutually_exclusive_group(required=True)
     group.add_argument("--all", action="store_true", help="every dead job")
@@ -145,6 +148,34 @@ def _print_stats(api: _api.Api, as_json: bool, days: int) -> None:
         print()
         rows = [[d["day"], str(d["processed"]), str(d["failed"])] for d in summary["history"]]
         print(_table(rows, ["day", "processed", "failed"]))
+
+
+def _when(epoch: Optional[float], now: float, never: str) -> str:
+    """An epoch as absolute UTC time and relative to ``now``: ``2025-01-15 10:05:00Z (in 4m)``."""
+    if epoch is None:
+        return never
+    try:
+        moment = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # a published value far out of range
+        moment = "?"
+    return f"{moment} ({_api.relative_time(epoch, now)})"
+
+
+def _print_periodic(api: _api.Api, as_json: bool) -> None:
+    now = time.time()
+    schedules = api.periodic(now)
+    if as_json:
+        print(ujson.dumps([s.as_dict() for s in schedules], ensure_ascii=True, indent=2,
+                          escape_forward_slashes=False))
+        return
+    if not schedules:
+        print("no periodic schedules published: declare them with @periodic(every=...) or "
+              "@periodic(cron=...) on a job, or periodic.load_config([...]), and start a worker")
+        return
+    rows = [[_printable(s.name), _printable(s.timing), _printable(s.job),
+             _printable(s.queue or "(the job's own)"), _when(s.next_run, now, "unknown here"),
+             _when(s.last_tick, now, "none yet")] for s in schedules]
+    print(_table(rows, ["schedule", "when", "job", "queue", "next run", "last tick"]))
 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:
@@ -265,6 +296,7 @@ def _serve_web(args: argparse.Namespace, url: str) -> int:
 
 _COMMANDS: dict[str, Callable[[_api.Api, argparse.Namespace], int]] = {
     "stats": lambda api, args: _print_stats(api, args.json, max(0, min(400, args.days))) or 0,
+    "periodic": lambda api, args: _print_periodic(api, args.json) or 0,
     "retry-dead": lambda api, args: _retry(api, args, "dead"),
     "retry": lambda api, args: _retry(api, args, "retries"),
     "delete-dead": lambda api, args: _delete_set(api, args, "dead"),

@@ -2,9 +2,10 @@
 
 Owns reading the Redis layout (README "Wire format") for people: totals, queues with
 their latency, worker processes and their busy jobs, paginated listings of queues
-and of the retry/scheduled/dead sets, one job by jid, per-day history; and the
-actions a person takes by hand: retry now, delete, kill, retry/delete all, clear a
-queue, quiet/stop a process (a command list its heartbeat reads), and the
+and of the retry/scheduled/dead sets, one job by jid, per-day history, the periodic
+schedules the workers published; and the actions a person takes by hand: retry now,
+delete, kill, retry/delete all, clear a queue, quiet/stop a process (a command list
+its heartbeat reads), enqueue a periodic schedule's job now, and the
 :class:`Cleaner`. Redis only: no gevent, and the worker never imports it.
 
 Nothing stored is trusted: members may be non-UTF-8, not JSON, or JSON of the wrong
@@ -36,7 +37,12 @@ from typing import Any, Optional
 import redis
 import ujson
 
+from . import middleware as _middleware
+from . import payload as _payload
+from . import periodic as _periodic
 from .connection import is_cluster
+from .errors import EnqueueError, UnknownJobError
+from .job import Enqueuer, lookup
 from .keys import DEFAULT_QUEUE, Keys, valid_queue_name
 from .scripts import Scripts
 
@@ -100,6 +106,24 @@ def _json_text(value: Any) -> str:
         return _text(ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False))
     except (TypeError, ValueError, OverflowError):
         return _text(repr(value))
+
+
+def relative_time(epoch: Any, now: Optional[float] = None) -> str:
+    """``epoch`` relative to ``now``: ``"in 3m"``, ``"2h ago"``, ``"5s ago"`` ("" when it is
+    not a number). The dashboard's ``ago`` filter and the admin commands use it."""
+    number = _number(epoch)
+    if number is None:
+        return ""
+    delta = (time.time() if now is None else now) - number
+    future = delta < 0
+    delta = abs(delta)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            text = f"{delta / size:.0f}{unit}"
+            break
+    else:
+        text = f"{delta:.0f}s"
+    return f"in {text}" if future else f"{text} ago"
 
 
 def clamp(value: Any, low: int, high: int, default: int) -> int:
@@ -292,6 +316,78 @@ class ProcessInfo:
         return self.info.get("quiet") == "1"
 
 
+@dataclasses.dataclass
+class ScheduleInfo:
+    """One periodic schedule as the workers published it (``{jiggler}:periodic:schedules``),
+    with its next run and last recorded tick. Fields are text, numbers or None, except
+    ``args`` and ``kwargs``: the JSON values as published (shown through ``*_text``)."""
+
+    name: str
+    job: str
+    timing: str  # "every 5 min", "cron */5 * * * *", with " (<tz>)" when it has one
+    every: Optional[float]
+    cron: Optional[str]
+    tz: Optional[str]
+    queue: Optional[str]  # where its jobs go; None when the publisher did not know the job
+    args: Any  # JSON values as published (a list, unless a publisher wrote something else)
+    kwargs: Any
+    next_run: Optional[float]  # None when this process cannot compute it (e.g. no croniter)
+    last_tick: Optional[float]  # None until a worker recorded a tick
+    enqueueable: bool  # its job is registered in this process (see Api.enqueue_periodic)
+
+    @property
+    def args_text(self) -> str:
+        return _json_text(self.args)
+
+    @property
+    def kwargs_text(self) -> str:
+        return _json_text(self.kwargs) if self.kwargs else ""
+
+    def as_dict(self) -> dict:
+        """A JSON-safe summary (for ``--json``)."""
+        return {"name": self.name, "job": self.job, "timing": self.timing, "every": self.every,
+                "cron": self.cron, "tz": self.tz, "queue": self.queue, "args": self.args,
+                "kwargs": self.kwargs, "next_run": self.next_run, "last_tick": self.last_tick}
+
+    @classmethod
+    def from_published(cls, info: dict) -> ScheduleInfo:
+        """From one item of :func:`jiggler_gevent.periodic.list_schedules`."""
+        job = _text(info.get("job"))
+        every = _number(info.get("every"))
+        cron = _text(info["cron"]) if info.get("cron") is not None else None
+        tz = _text(info["tz"]) if info.get("tz") is not None else None
+        if cron is not None:
+            timing = f"cron {cron}"
+        elif every is not None:
+            timing = f"every {_duration(every)}"
+        else:
+            timing = f"every {_text(info.get('every'))}" if "every" in info else "?"
+        if tz is not None:
+            timing += f" ({tz})"
+        queue = info.get("queue")
+        return cls(name=_text(info.get("name")), job=job, timing=timing, every=every, cron=cron,
+                   tz=tz, queue=queue if valid_queue_name(queue) else None,
+                   args=info.get("args", []), kwargs=info.get("kwargs") or {},
+                   next_run=_number(info.get("next_run")), last_tick=_number(info.get("last_tick")),
+                   enqueueable=_registered(job))
+
+
+def _duration(seconds: float) -> str:
+    """An interval for people: ``1 d``, ``2 h``, ``5 min``, ``90 s``, ``0.5 s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def _registered(job_name: str) -> bool:
+    try:
+        lookup(job_name)
+    except UnknownJobError:
+        return False
+    return True
+
+
 class Api:
     """Reads and admin actions over one Redis client and namespace.
 
@@ -432,6 +528,13 @@ class Api:
         wanted = ("redis_version", "valkey_version", "uptime_in_days", "connected_clients",
                   "used_memory_human", "used_memory_peak_human", "maxmemory_policy")
         return {name: _text(info[name]) for name in wanted if name in info}
+
+    def periodic(self, now: Optional[float] = None) -> list[ScheduleInfo]:
+        """The periodic schedules the workers published, next to run first, each with its
+        next run and last tick (:func:`jiggler_gevent.periodic.list_schedules`)."""
+        now = time.time() if now is None else now
+        return [ScheduleInfo.from_published(info)
+                for info in _periodic.list_schedules(self.client, self.keys, now)]
 
     # -- listings ------------------------------------------------------------------------
 
@@ -729,6 +832,53 @@ class Api:
             if len(rows) < BATCH:
                 break
         raise NotFound(f"job {ref} is not in queue {queue!r} (it may have run)")
+
+    # -- periodic schedules --------------------------------------------------------------
+
+    def enqueue_periodic(self, name: str) -> tuple[str, str]:
+        """Enqueue one job of the published schedule ``name`` now, as its tick would: its
+        job, args, kwargs and queue, built by the job's :class:`~jiggler_gevent.job.Enqueuer`
+        and passed through the client middleware, then pushed with this API's client and
+        namespace. Returns ``(jid, queue)``.
+
+        The job must be registered in this process (names are looked up, never imported:
+        import your jobs where the dashboard runs). The schedule's tick record is left
+        alone, so its next tick runs as planned. The job carries ``periodic: <name>``
+        like a tick's job, without ``periodic_at`` (it is not a tick)."""
+        raw = self.client.hget(self.keys.periodic_schedules, name)
+        if raw is None:
+            raise NotFound(f"no published schedule {_text(name)[:130]!r}")
+        try:
+            info = ujson.loads(raw)
+        except (ValueError, OverflowError, RecursionError):
+            info = None
+        if not isinstance(info, dict):
+            raise AdminError(f"schedule {_text(name)[:130]!r}: its description is not readable")
+        job, args, kwargs = info.get("job"), info.get("args", []), info.get("kwargs") or {}
+        queue = info.get("queue")
+        if not isinstance(job, str) or not isinstance(args, list) or not isinstance(kwargs, dict) \
+                or (queue is not None and not valid_queue_name(queue)):
+            raise AdminError(f"schedule {_text(name)[:130]!r}: its description does not say which "
+                             "job to enqueue with which arguments")
+        try:
+            job_class = lookup(job)
+            enqueuer = Enqueuer(job_class)
+            if queue is not None:
+                enqueuer = enqueuer.with_options(queue=queue)
+            built = enqueuer.build(args, kwargs)
+            built["periodic"] = _text(name)
+            built = _middleware.run_client(job_class, built)
+            if built is None:
+                raise AdminError(f"a client middleware vetoed the job of schedule {_text(name)!r}")
+            encoded = _payload.dumps(built)
+        except UnknownJobError as exc:
+            raise AdminError(f"{exc}: import the jobs where the dashboard runs to enqueue "
+                             "them from here") from None
+        except EnqueueError as exc:
+            raise AdminError(f"schedule {_text(name)[:130]!r}: {exc}") from None
+        self._register(built["queue"])
+        self.client.lpush(self.keys.queue(built["queue"]), encoded)
+        return built["jid"], built["queue"]
 
     # -- processes -----------------------------------------------------------------------
 

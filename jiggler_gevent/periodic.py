@@ -255,8 +255,10 @@ def list_schedules(client: Any, keys: Any, now: float) -> list[dict]:
         try:
             schedule = Schedule(**fields)
             info["next_run"] = schedule.next_after(now)
-        except (ConfigError, TypeError, ValueError):
-            info["next_run"] = None  # published by a worker with options this one lacks
+        except (ConfigError, TypeError, ValueError, OverflowError):
+            # published by a worker with options this one lacks (or an interval so small
+            # its ticks overflow)
+            info["next_run"] = None
         if valid_queue_name(info.get("queue")):
             ticks = [last.get(info["queue"], {}).get(raw_name)]
         else:

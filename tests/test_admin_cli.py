@@ -6,15 +6,17 @@ import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 
-from jiggler_gevent import admin, payload
+from jiggler_gevent import Job, admin, payload, periodic
 from jiggler_gevent.api import signals_key
 from jiggler_gevent.keys import Keys
+from jiggler_gevent.server.periodic import PeriodicScheduler
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -70,6 +72,49 @@ def test_stats_with_namespace(run, redis_client):
     redis_client.set(Keys("").processed, 9)
     status, out, _ = run("stats", "--json", "--namespace", "app2")
     assert status == 0 and json.loads(out)["totals"]["processed"] == 5
+
+
+class CliReport(Job):
+    name = "cli.periodic.report"
+    queue = "reports"
+
+    def perform(self, *args):
+        pass
+
+
+def test_periodic_table_and_json(run, redis_client):
+    status, out, _ = run("periodic")
+    assert status == 0 and out.startswith("no periodic schedules published: declare them")
+    assert run("periodic", "--json")[:2] == (0, "[]\n")
+    now = time.time()
+    schedules = [periodic.Schedule(job=CliReport.name, every=600, args=(1,), name="rep\x1b[31mort"),
+                 periodic.Schedule(job="cli.periodic.nobody", every=86400, tz="Europe/Paris")]
+    scheduler = PeriodicScheduler(redis_client, Keys("app4"), schedules)
+    scheduler.publish()
+    scheduler.tick_once(now - 3600)  # recorded an hour ago
+    assert run("periodic")[1].startswith("no periodic schedules")  # another namespace
+    status, out, _ = run("periodic", "--namespace", "app4")
+    assert status == 0 and "\x1b" not in out  # no terminal escapes from Redis
+    header, first, second = out.splitlines()
+    assert header.split() == ["schedule", "when", "job", "queue", "next", "run", "last", "tick"]
+    cells = re.split(r"\s{2,}", first)
+    assert cells[:4] == ["rep\\x1b[31mort", "every 10 min", "cli.periodic.report", "reports"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(in \d+[sm]\)", cells[4])
+    last_tick = schedules[0].latest(now - 3600)
+    assert cells[5] == admin._ago(str(last_tick)) + " (1h ago)"
+    cells = re.split(r"\s{2,}", second)
+    assert cells[:4] == ["cli.periodic.nobody", "every 1 d (Europe/Paris)", "cli.periodic.nobody",
+                         "(the job's own)"]
+    assert cells[5] == "none yet"
+    status, out, _ = run("periodic", "--json", "--namespace", "app4")
+    data = json.loads(out)
+    assert [d["name"] for d in data] == ["rep\x1b[31mort", "cli.periodic.nobody"]
+    assert data[0]["queue"] == "reports" and data[0]["args"] == [1] and data[0]["every"] == 600
+    assert data[0]["last_tick"] == last_tick and data[1]["last_tick"] is None
+    assert data[1]["timing"] == "every 1 d (Europe/Paris)" and data[1]["next_run"] > now
+    redis_client.hset(Keys("app4").periodic_schedules, "far", json.dumps({"job": "x", "every": 1e300}))
+    status, out, _ = run("periodic", "--namespace", "app4")
+    assert status == 0 and re.search(r"^far .* \? \(in \d+d\)  none yet$", out, re.M)
 
 
 def test_retry_dead_by_jid_and_all(run, redis_client):

@@ -12,7 +12,7 @@ from redis.cluster import RedisCluster
 
 import jiggler_gevent
 from jiggler_gevent import api as api_module
-from jiggler_gevent import payload
+from jiggler_gevent import middleware, payload, periodic
 from jiggler_gevent.api import (
     SCAN_COUNT,
     AdminError,
@@ -28,6 +28,14 @@ from jiggler_gevent.config import Config
 from jiggler_gevent.connection import is_cluster, make_client
 from jiggler_gevent.keys import Keys
 from jiggler_gevent.scripts import Scripts
+from jiggler_gevent.server.periodic import PeriodicScheduler
+
+try:
+    import croniter  # noqa: F401
+    HAVE_CRON = True
+except ImportError:
+    HAVE_CRON = False
+needs_cron = pytest.mark.skipif(not HAVE_CRON, reason="croniter (the cron extra) not installed")
 
 ODD_MEMBERS = (b"\xff\xfe\x00 not utf-8", b"{not json", b"[1, 2]", b'{"name": 5}', b'"str"')
 
@@ -496,6 +504,127 @@ def test_api_admin_and_web_do_not_import_gevent(run_python):
     assert result.returncode == 0, result.stderr
 
 
+# -- periodic schedules --------------------------------------------------------------------
+
+
+class Digest(jiggler_gevent.Job):
+    name = "api.periodic.digest"
+    queue = "mail"
+    retries = 4
+
+    def perform(self, *args, **kwargs):
+        pass
+
+
+PERIODIC_NOW = 1_736_935_230.0  # 2025-01-15 10:00:30 UTC
+
+
+def published(client, keys: Keys) -> PeriodicScheduler:
+    """Two schedules published and ticked by the worker's own scheduler code: an interval
+    in a time zone (queue from the job class) and a cron in queue ``low`` with kwargs."""
+    schedules = [periodic.Schedule(job=Digest.name, every=300, tz="Europe/Paris", args=("daily",)),
+                 periodic.Schedule(job=Digest.name, cron="*/10 * * * *", kwargs={"to": "ops"},
+                                   queue="low", name="digest-<b>&\"'")]
+    scheduler = PeriodicScheduler(client, keys, schedules)
+    scheduler.publish()
+    scheduler.tick_once(PERIODIC_NOW - 600)  # first sight: the ticks are only recorded
+    return scheduler
+
+
+@needs_cron
+def test_periodic_lists_the_published_schedules(api, redis_client):
+    published(redis_client, api.keys)
+    assert Api(redis_client, "elsewhere").periodic(PERIODIC_NOW) == []
+    by_name = {s.name: s for s in api.periodic(PERIODIC_NOW)}
+    interval, cron = by_name[Digest.name], by_name["digest-<b>&\"'"]
+    assert [s.name for s in api.periodic(PERIODIC_NOW)] == [Digest.name, "digest-<b>&\"'"]
+    assert (interval.timing, interval.job, interval.queue) == (
+        "every 5 min (Europe/Paris)", Digest.name, "mail")
+    assert interval.next_run == PERIODIC_NOW + 270 and interval.last_tick == PERIODIC_NOW - 630
+    assert interval.args == ["daily"] and interval.args_text == '["daily"]'
+    assert interval.kwargs_text == "" and interval.enqueueable
+    assert (cron.timing, cron.queue, cron.every, cron.cron) == (
+        "cron */10 * * * *", "low", None, "*/10 * * * *")
+    assert cron.next_run == PERIODIC_NOW + 570 and cron.last_tick == PERIODIC_NOW - 630
+    assert cron.kwargs == {"to": "ops"}
+    data = ujson.loads(ujson.dumps([s.as_dict() for s in api.periodic(PERIODIC_NOW)]))
+    assert data[0]["next_run"] == PERIODIC_NOW + 270 and data[1]["kwargs"] == {"to": "ops"}
+    assert "enqueueable" not in data[0]  # a property of this process, not of the schedule
+
+
+def test_periodic_shows_odd_descriptions_without_failing(api, redis_client):
+    redis_client.hset(api.keys.periodic_schedules, mapping={
+        "tiny": ujson.dumps({"job": "x", "every": 1e-300}),  # its ticks overflow a float
+        "words": ujson.dumps({"job": 5, "every": "often", "tz": 3, "args": "no"}),
+        "unknown-job": ujson.dumps({"job": "api.nobody", "every": 90, "queue": "a:b"}),
+        "junk": b"\xff{", b"\xff<b>": ujson.dumps({"job": "x", "every": 86400}),
+    })
+    by_name = {s.name: s for s in api.periodic(PERIODIC_NOW)}
+    assert sorted(by_name) == ["tiny", "unknown-job", "words", "\ufffd<b>"]
+    assert by_name["tiny"].next_run is None and by_name["tiny"].timing == "every 1e-300 s"
+    assert by_name["words"].timing == "every often (3)" and by_name["words"].job == "5"
+    assert by_name["words"].args_text == '"no"'
+    unknown = by_name["unknown-job"]
+    assert (unknown.timing, unknown.queue, unknown.enqueueable) == ("every 90 s", None, False)
+    assert unknown.next_run == 1_736_935_290.0 and unknown.last_tick is None
+    assert by_name["\ufffd<b>"].timing == "every 1 d"
+
+
+@needs_cron
+def test_enqueue_periodic_pushes_the_schedules_job_once(api, redis_client):
+    scheduler = published(redis_client, api.keys)
+    ticks = redis_client.hgetall(api.keys.queue_keys("low").periodic_last)
+    seen = []
+    middleware.add_client(lambda job_class, job, call_next: seen.append(job_class) or call_next(
+        {**job, "request_id": "r1"}))
+    try:
+        jid, queue = api.enqueue_periodic("digest-<b>&\"'")
+    finally:
+        middleware.clear()
+    assert queue == "low" and seen == [Digest]
+    [raw] = redis_client.lrange(api.keys.queue("low"), 0, -1)
+    pushed = ujson.loads(raw)
+    assert (pushed["jid"], pushed["name"], pushed["queue"]) == (jid, Digest.name, "low")
+    assert (pushed["args"], pushed["kwargs"], pushed["retries"]) == ([], {"to": "ops"}, 4)
+    assert pushed["periodic"] == "digest-<b>&\"'" and "periodic_at" not in pushed
+    assert pushed["request_id"] == "r1"  # the client middleware ran
+    assert b"low" in redis_client.smembers(api.keys.queues)
+    assert redis_client.hgetall(api.keys.queue_keys("low").periodic_last) == ticks  # untouched
+    assert scheduler.tick_once(PERIODIC_NOW) != []  # the next tick still runs
+    assert api.enqueue_periodic(Digest.name)[1] == "mail"
+    assert ujson.loads(redis_client.lindex(api.keys.queue("mail"), 0))["args"] == ["daily"]
+
+
+def test_enqueue_periodic_refusals_push_nothing(api, redis_client):
+    redis_client.hset(api.keys.periodic_schedules, mapping={
+        "unknown": ujson.dumps({"job": "api.nobody", "every": 60}),
+        "bad-args": ujson.dumps({"job": Digest.name, "every": 60, "args": {"a": 1}}),
+        "bad-queue": ujson.dumps({"job": Digest.name, "every": 60, "queue": "a:b"}),
+        "junk": "{not json",
+        "huge-int": ujson.dumps({"job": Digest.name, "every": 60, "args": [2**70]}),
+    })
+    with pytest.raises(NotFound, match="no published schedule"):
+        api.enqueue_periodic("nope")
+    with pytest.raises(AdminError, match="no job is registered as 'api.nobody'.*import the jobs"):
+        api.enqueue_periodic("unknown")
+    for name in ("bad-args", "bad-queue"):
+        with pytest.raises(AdminError, match="does not say which job"):
+            api.enqueue_periodic(name)
+    with pytest.raises(AdminError, match="not readable"):
+        api.enqueue_periodic("junk")
+    with pytest.raises(AdminError, match="huge-int.*does not fit in 64 bits"):
+        api.enqueue_periodic("huge-int")
+    middleware.add_client(lambda job_class, job, call_next: None)
+    try:
+        redis_client.hset(api.keys.periodic_schedules, "vetoed",
+                          ujson.dumps({"job": Digest.name, "every": 60}))
+        with pytest.raises(AdminError, match="vetoed"):
+            api.enqueue_periodic("vetoed")
+    finally:
+        middleware.clear()
+    assert api.totals()["enqueued"] == 0 and not redis_client.exists(api.keys.queues)
+
+
 # -- on a real Redis Cluster ---------------------------------------------------------------
 
 
@@ -597,6 +726,17 @@ def test_dashboard_on_a_cluster(cluster_api):
                         headers={"Origin": "http://localhost"})
     assert response.status_code == 303
     assert client.llen(api.keys.queue("b")) == 1
+
+
+@needs_cron
+def test_periodic_on_a_cluster(cluster_api):
+    """Descriptions in the global slot, ticks in each queue's slot: read together; the
+    enqueue-now push goes to the queue's slot."""
+    api, client = cluster_api, cluster_api.client
+    published(client, api.keys)
+    assert [s.last_tick for s in api.periodic(PERIODIC_NOW)] == [PERIODIC_NOW - 630] * 2
+    assert api.enqueue_periodic("digest-<b>&\"'")[1] == "low"
+    assert client.llen(api.keys.queue("low")) == 1 and "low" in api.queue_names()
 
 
 def test_cleaner_on_a_cluster_scans_every_primary(cluster_api, local_cluster):

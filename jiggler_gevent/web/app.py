@@ -51,6 +51,7 @@ NOTICES = {  # ?done=... after an action: fixed texts, never text from the reque
     "retried-all": "Runnable entries moved to their queues.", "deleted-all": "Set emptied.",
     "cleared": "Queue cleared.", "quiet": "Quiet requested: the process acts on its next heartbeat.",
     "stop": "Stop requested: the process acts on its next heartbeat.",
+    "enqueued": "Job enqueued: it runs once now; the schedule's next tick is unchanged.",
 }
 SET_TITLES = {"retries": "Retries", "scheduled": "Scheduled", "dead": "Dead"}
 
@@ -199,6 +200,18 @@ class Dashboard:
         self.api.delete_queued(queue, request.form.get("ref", ""))
         return self.back(request, f"/queues/{queue}", "deleted")
 
+    @_route("GET", r"/periodic")
+    def periodic(self, request: Request) -> Response:
+        return self.render(request, "periodic.html", page="periodic", schedules=self.api.periodic())
+
+    @_route("POST", r"/periodic/enqueue")
+    def enqueue_periodic(self, request: Request) -> Response:
+        name = request.form.get("name", "")
+        if not name:
+            raise _api.NotFound("no schedule named in the form")
+        self.api.enqueue_periodic(name)
+        return self.back(request, "/periodic", "enqueued")
+
     @_route("GET", r"/" + SET)
     def job_set(self, request: Request, set: str) -> Response:
         queue = self.queue_filter(request.arg("queue"))
@@ -295,19 +308,7 @@ def _when(epoch: Any) -> str:
 
 
 def _ago(epoch: Any, now: Optional[float] = None) -> str:
-    number = _api._number(epoch)
-    if number is None:
-        return ""
-    delta = (time.time() if now is None else now) - number
-    future = delta < 0
-    delta = abs(delta)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if delta >= size:
-            text = f"{delta / size:.0f}{unit}"
-            break
-    else:
-        text = f"{delta:.0f}s"
-    return f"in {text}" if future else f"{text} ago"
+    return _api.relative_time(epoch, now)
 
 
 def _short(text: Any, limit: int = ARGS_SHOWN_CHARS) -> str:

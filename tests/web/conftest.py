@@ -13,7 +13,7 @@ import time
 import pytest
 import ujson
 
-from jiggler_gevent import payload
+from jiggler_gevent import Job, payload, periodic
 from jiggler_gevent.keys import Keys
 
 XSS = "<script>alert(\"x'ss\")</script>"
@@ -60,6 +60,36 @@ def seed(client, namespace: str = "") -> Keys:
                                    "queue": "mail", "started_at": now - 3}]),
     })
     return keys
+
+
+class WebReport(Job):
+    """A job registered in the test process (not in the standalone server's)."""
+
+    name = "web.periodic.report"
+    queue = "reports"
+
+    def perform(self, *args, **kwargs):
+        pass
+
+
+HOUR_AGO_S = 3600
+
+
+def publish_schedules(client, namespace: str = "", now: float | None = None) -> list:
+    """Two schedules published by the worker's own scheduler, as a worker starting an
+    hour ago would: a cron schedule with a hostile name and kwargs, in queue ``low``,
+    whose tick of an hour ago is recorded; and an interval schedule of a job no process
+    here knows (no queue, no tick). Returns the schedules."""
+    from jiggler_gevent.server.periodic import PeriodicScheduler
+
+    now = time.time() if now is None else now
+    schedules = [periodic.Schedule(job=WebReport.name, cron="*/10 * * * *", queue="low",
+                                   args=("weekly",), kwargs={"to": XSS}, name=XSS),
+                 periodic.Schedule(job="web.periodic.nobody", every=3600, tz="Europe/Paris")]
+    scheduler = PeriodicScheduler(client, Keys(namespace), schedules)
+    scheduler.publish()
+    scheduler.tick_once(now - HOUR_AGO_S)  # first sight of the cron schedule: recorded
+    return schedules
 
 
 # -- the standalone server (``jiggler-gevent web``) in a subprocess --------------------

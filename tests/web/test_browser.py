@@ -19,7 +19,7 @@ import pytest
 
 from jiggler_gevent.api import Api
 
-from .conftest import REPO_ROOT, failed_entry, seed
+from .conftest import REPO_ROOT, XSS, failed_entry, publish_schedules, seed
 
 CHROMIUM = os.environ.get("JIGGLER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = os.environ.get("JIGGLER_CHROMEDRIVER") or shutil.which("chromedriver")
@@ -136,6 +136,25 @@ def test_overview_live_chart_and_retry_dead_job(browser, web_server, redis_clien
     assert "Backtrace" in browser.find_element(By.TAG_NAME, "body").text
     no_alert(browser)
     screenshot(browser, "job-detail")
+
+    try:
+        import croniter  # noqa: F401  (the cron extra: publish_schedules has a cron schedule)
+    except ImportError:
+        pass
+    else:
+        publish_schedules(redis_client)
+        browser.find_element(By.LINK_TEXT, "Periodic").click()
+        wait.until(lambda d: d.current_url.endswith("/periodic"))
+        no_alert(browser)
+        rows = browser.find_elements(By.CSS_SELECTOR, "table.periodic tbody tr")
+        assert [r.find_element(By.TAG_NAME, "code").text for r in rows] == [
+            XSS, "web.periodic.nobody"]  # the hostile name shown as text, next to run first
+        assert "cron */10 * * * *" in rows[0].text and "1h ago" in rows[0].text
+        assert "every 1 h (Europe/Paris)" in rows[1].text and "none yet" in rows[1].text
+        assert "job not loaded here" in rows[0].text  # the standalone server has no jobs
+        screenshot(browser, "periodic")
+        rows[0].find_element(By.LINK_TEXT, "low").click()
+        wait.until(lambda d: d.current_url.endswith("/queues/low"))
 
     problems = [entry["message"] for entry in browser.get_log("browser")
                 if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from html.parser import HTMLParser
 
 import pytest
@@ -19,13 +20,21 @@ from jiggler_gevent.api import Api, signals_key  # noqa: E402
 from jiggler_gevent.connection import make_client  # noqa: E402
 from jiggler_gevent.keys import Keys  # noqa: E402
 from jiggler_gevent.web import BasicAuth, Dashboard  # noqa: E402
+from jiggler_gevent.web.app import _when  # noqa: E402
 
-from .conftest import XSS, failed_entry, seed  # noqa: E402
+from .conftest import HOUR_AGO_S, XSS, WebReport, failed_entry, publish_schedules, seed  # noqa: E402
+
+try:
+    import croniter  # noqa: F401
+    HAVE_CRON = True
+except ImportError:
+    HAVE_CRON = False
+needs_cron = pytest.mark.skipif(not HAVE_CRON, reason="croniter (the cron extra) not installed")
 
 KEYS = Keys()
 PAGES = ["/", "/busy", "/queues", "/queues/mail", "/retries", "/scheduled", "/dead",
          "/jobs/dead1", "/jobs/retry1", "/jobs/sched1", "/jobs/queued1", "/dead?queue=mail",
-         "/retries?queue=nothing-here"]
+         "/retries?queue=nothing-here", "/periodic"]
 SAME_ORIGIN = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}
 ALLOWED_TAGS = {"html", "head", "meta", "title", "link", "script", "body", "header", "a", "nav",
                 "span", "code", "main", "p", "h1", "h2", "small", "section", "div", "canvas",
@@ -140,6 +149,86 @@ def test_hostile_paths_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
     check_safe_html(response.text)
+
+
+def test_periodic_page_without_schedules_says_how_to_declare_them(client):
+    body = client.get("/periodic").text
+    check_safe_html(body)
+    assert '<a href="/periodic" class="active" aria-current="page">Periodic</a>' in body
+    assert "0 schedule(s)" in body and "No periodic schedule is published" in body
+    assert "@periodic(every=60)" in body and "load_config" in body and "<table" not in body
+    assert 'href="/periodic"' in client.get("/").text  # in every page's nav
+
+
+def row_of(body: str, text: str) -> str:
+    [row] = [row for row in body.split("<tr>")[1:] if text in row]
+    return row
+
+
+@needs_cron
+def test_periodic_page_lists_the_published_schedules(client, redis_client):
+    now = time.time()
+    cron, interval = publish_schedules(redis_client, now=now)
+    body = client.get("/periodic").text
+    after = time.time()  # the page's "now" is between the two
+
+    def next_run_shown(schedule, row: str) -> bool:
+        return _when(schedule.next_after(now)) in row or _when(schedule.next_after(after)) in row
+
+    check_safe_html(body)
+    assert "2 schedule(s)" in body
+    escaped = "&lt;script&gt;alert(&#34;x&#39;ss&#34;)&lt;/script&gt;"
+    hostile = row_of(body, f"<code>{escaped}</code>")  # the name, escaped
+    assert "cron */10 * * * *" in hostile and WebReport.name in hostile
+    assert "[&#34;weekly&#34;]" in hostile and "{&#34;to&#34;:&#34;&lt;script&gt;alert(" in hostile
+    assert '<a href="/queues/low">low</a>' in hostile
+    assert next_run_shown(cron, hostile) and re.search(r"<small>in \d+[sm]</small>", hostile)
+    last_tick = cron.latest(now - HOUR_AGO_S)
+    assert f"{_when(last_tick)}<br><small>1h ago</small>" in hostile
+    assert 'action="/periodic/enqueue"' in hostile and f'name="name" value="{escaped}"' in hostile
+    unknown = row_of(body, "web.periodic.nobody")
+    assert "every 1 h (Europe/Paris)" in unknown and "the job's own" in unknown
+    assert "none yet" in unknown and next_run_shown(interval, unknown)
+    assert "job not loaded here" in unknown and "<form" not in unknown
+    assert body.index(escaped) < body.index("web.periodic.nobody")  # next to run first
+
+
+def test_periodic_page_with_odd_descriptions(client, redis_client):
+    redis_client.hset(KEYS.periodic_schedules, mapping={
+        "far": ujson.dumps({"job": "x", "every": 1e300}), "tiny": ujson.dumps({"job": "x", "every": 1e-300}),
+        XSS: ujson.dumps({"job": XSS, "every": XSS, "tz": XSS, "queue": XSS, "args": XSS}),
+        "junk": b"\xff{"})
+    response = client.get("/periodic")
+    assert response.status_code == 200 and "3 schedule(s)" in response.text
+    check_safe_html(response.text)
+    assert "unknown here" in response.text  # no next run computed for the odd ones
+    assert response.text.count("/queues/") == 0  # no link to an invalid queue name
+
+
+@needs_cron
+def test_enqueue_now_button(client, redis_client):
+    publish_schedules(redis_client)
+    ticks = redis_client.hgetall(KEYS.queue_keys("low").periodic_last)
+    token = csrf(client, "/periodic")
+    assert client.post("/periodic/enqueue", data={"name": XSS}, headers=SAME_ORIGIN).status_code == 403
+    assert post(client, "/periodic/enqueue", token, name=XSS,
+                headers={"Origin": "http://evil.example"}).status_code == 403
+    assert not redis_client.exists(KEYS.queue("low"))
+    response = post(client, "/periodic/enqueue", token, name=XSS)
+    assert response.status_code == 303 and response.headers["Location"] == "/periodic?done=enqueued"
+    [raw] = redis_client.lrange(KEYS.queue("low"), 0, -1)
+    job = ujson.loads(raw)
+    assert (job["name"], job["args"], job["kwargs"], job["periodic"]) == (
+        WebReport.name, ["weekly"], {"to": XSS}, XSS)
+    assert redis_client.hgetall(KEYS.queue_keys("low").periodic_last) == ticks
+    assert "Job enqueued" in client.get("/periodic?done=enqueued").text
+    refused = post(client, "/periodic/enqueue", token, name="web.periodic.nobody")
+    assert refused.status_code == 409 and "import the jobs" in refused.text
+    check_safe_html(refused.text)
+    for name in ("nope", ""):
+        assert post(client, "/periodic/enqueue", token, name=name).status_code == 404
+    assert client.get("/periodic/enqueue").status_code == 405
+    assert redis_client.llen(KEYS.queue("low")) == 1
 
 
 def test_post_routes_refuse_get(client):
@@ -307,6 +396,17 @@ def test_mounted_under_a_prefix(redis_client):
     assert done.headers["Location"] == "/admin/jobs/dead?done=retried"
     overview = client.get("/admin/jobs/").text
     assert 'data-url="/admin/jobs/stats.json?days=30"' in overview
+    if HAVE_CRON:
+        publish_schedules(redis_client)
+        page = client.get("/admin/jobs/periodic").text
+        links = [link for link in re.findall(r'(?:href|action|src)="([^"]+)"', page)
+                 if link != "data:,"]
+        assert all(link.startswith("/admin/jobs/") for link in links), links
+        assert '<a href="/admin/jobs/queues/low">low</a>' in page
+        assert 'action="/admin/jobs/periodic/enqueue"' in page
+        done = client.post("/admin/jobs/periodic/enqueue", data={"csrf_token": token, "name": XSS},
+                           headers={"Origin": "http://localhost"})
+        assert done.headers["Location"] == "/admin/jobs/periodic?done=enqueued"
 
 
 def test_namespace(redis_client):
