@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Extra packages to install into the venv (none needed: setup.cfg's extras list them).
 TEST_EXTRA_PACKAGES ?=
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-cluster clean
 
 venv: $(VENV_STAMP)
 
@@ -38,6 +38,11 @@ lint: venv
 BENCH_ARGS ?=
 bench: venv
 	$(VENV_PYTHON) bench/throughput.py $(BENCH_ARGS)
+
+# The same noop runs on one server and on a local 3-primary Redis Cluster, 1 and 4 queues,
+# -p 2, each next to its raw BRPOP loop (about 4 minutes; BENCH_ARGS="--quick": 40 s).
+bench-cluster: venv
+	$(VENV_PYTHON) bench/cluster.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache .hypothesis test-artifacts *.egg-info

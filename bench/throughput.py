@@ -268,7 +268,7 @@ class Snapshot:
 
 class Bench:
     def __init__(self, url: str, namespace: str, own_server: bool, log_dir: str,
-                 plan: argparse.Namespace) -> None:
+                 plan: argparse.Namespace, client: Optional[redis.Redis] = None) -> None:
         self.url = url
         self.namespace = namespace
         self.own_server = own_server
@@ -276,8 +276,11 @@ class Bench:
         self.plan = plan
         self.keys = Keys(namespace)
         self.queue_key = self.keys.queue(DEFAULT_QUEUE)
+        # what the workers listen on (``-q`` items, ``name`` or ``name:weight``); the raw
+        # loop, the latency and enqueue runs use ``queue_key`` (bench/cluster.py sets more)
+        self.queues: list[str] = [DEFAULT_QUEUE]
         self.latency_key = self.keys.tag + ":bench:latency"  # in the global slot
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url) if client is None else client
         self.children: list[Proc] = []
         self.problems: list[str] = []
         self.notes: list[str] = []
@@ -306,21 +309,33 @@ class Bench:
 
     # payloads -------------------------------------------------------------------------
 
-    def payloads(self, job_class: type, args: tuple, count: int) -> list[bytes]:
+    @property
+    def queue_names(self) -> list[str]:
+        return [item.partition(":")[0] for item in self.queues]
+
+    def pending_keys(self) -> list[str]:
+        """The pending lists the workers take from (one, ``queue_key``, by default)."""
+        return [self.keys.queue(name) for name in self.queue_names]
+
+    def payloads(self, job_class: type, args: tuple, count: int,
+                 queue: Optional[str] = None) -> list[bytes]:
         """``count`` encoded payloads, exactly as ``job_class.enqueue(*args)`` would push
-        them (distinct jids); encoded once and reused by later runs."""
-        key = (job_class.name, args)
+        them (distinct jids; to ``queue`` when given); encoded once and reused by later
+        runs."""
+        key = (job_class.name, args) if queue is None else (job_class.name, args, queue)
         pool = self.pools.setdefault(key, [])
         if len(pool) < count:
-            enqueuer = Enqueuer(job_class)
+            enqueuer = Enqueuer(job_class) if queue is None \
+                else Enqueuer(job_class).with_options(queue=queue)
             pool.extend(_payload.dumps(enqueuer.build(args, {}))
                         for _ in range(count - len(pool)))
         return pool[:count]
 
-    def push(self, encoded: list[bytes]) -> None:
+    def push(self, encoded: list[bytes], key: Optional[str] = None) -> None:
+        key = key or self.queue_key
         with self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(encoded), PUSH_CHUNK):
-                pipe.lpush(self.queue_key, *encoded[start:start + PUSH_CHUNK])
+                pipe.lpush(key, *encoded[start:start + PUSH_CHUNK])
             pipe.execute()
 
     def jobs_needed(self, section: str, estimate_key: str, guess: float, window: float,
@@ -340,6 +355,8 @@ class Bench:
                "--redis-url", self.url, "--mode", mode]
         if processes != 1:
             cmd += ["-p", str(processes)]
+        if self.queues != [DEFAULT_QUEUE]:
+            cmd += ["-q", ",".join(self.queues)]
         if watchdog is not None:
             cmd += ["--watchdog-threshold", f"{watchdog:g}"]
         if self.namespace:
@@ -362,15 +379,21 @@ class Bench:
         time.sleep(SETTLE_S)
         proc.identities = [i.decode() for i in self.client.zrange(self.keys.processes, 0, -1)]
         if mode == ALO:
-            proc.reserved_keys = [self.keys.in_progress(DEFAULT_QUEUE, i) for i in proc.identities]
+            proc.reserved_keys = [self.keys.in_progress(name, i) for i in proc.identities
+                                  for name in self.queue_names]
         proc.pids = process_tree(popen.pid)
         return proc
+
+    def raw_command(self) -> list[str]:
+        """The raw loop's command up to its ``--key`` option."""
+        return [sys.executable, RAW_BIN, "--redis-url", self.url]
 
     def start_raw(self, label: str, greenlets: int, work: str, url: Optional[str] = None) -> Proc:
         log_path = self.log_path(label.replace(" ", "_").replace("/", "-"))
         spawned = time.perf_counter()
-        cmd = [sys.executable, RAW_BIN, "--redis-url", self.url, "--key", self.queue_key,
-               "--greenlets", str(greenlets), "--work", work, "--fib-n", str(self.plan.fib_n)]
+        cmd = self.raw_command() + [
+            "--key", self.queue_key, "--greenlets", str(greenlets), "--work", work,
+            "--fib-n", str(self.plan.fib_n)]
         if url:
             cmd += ["--url", url]
         with open(log_path, "wb") as log:
@@ -452,11 +475,15 @@ class Bench:
 
     # measuring ------------------------------------------------------------------------
 
-    def snapshot(self, t: float, consumed: int, proc: Proc, with_endpoint: bool) -> Snapshot:
+    def server_cpu(self) -> float:
+        """CPU seconds the server has used so far (user + system)."""
         cpu = self.client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def snapshot(self, t: float, consumed: int, proc: Proc, with_endpoint: bool) -> Snapshot:
         return Snapshot(
             t, consumed, tree_cpu(proc.pids),
-            float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+            self.server_cpu(),
             cpu_seconds(self.endpoint.pid) if with_endpoint else None,
             self.endpoint_served() if with_endpoint else None,
             machine_cpu(),
@@ -473,7 +500,8 @@ class Bench:
         while True:
             proc.check_alive()
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.llen(self.queue_key)
+                for key in self.pending_keys():
+                    pipe.llen(key)
                 for key in proc.reserved_keys:
                     pipe.llen(key)
                 lengths = pipe.execute()
@@ -567,7 +595,7 @@ class Bench:
     def check_run(self, run: dict, proc: Proc, total: int, final: dict) -> None:
         """Every pushed job is processed or back in the queue; nothing failed."""
         label = proc.label
-        left = self.client.llen(self.queue_key)
+        left = sum(self.client.llen(key) for key in self.pending_keys())
         reserved = sum(self.client.llen(k) for k in proc.reserved_keys)
         if run["kind"] == "raw":
             done, failed = final.get("popped", 0), final.get("failed", 0)
