@@ -37,10 +37,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -65,6 +63,7 @@ from throughput import (  # noqa: E402
     RESULTS_DIR,
     Bench,
     BenchError,
+    drop_logs,
     fmt_range,
     fmt_rate,
     fmt_us,
@@ -75,6 +74,7 @@ from throughput import (  # noqa: E402
     noise_line,
     paired,
     pick,
+    save_result,
     stat,
     table,
 )
@@ -486,15 +486,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         }
         print()
         print(render(result))
-        os.makedirs(os.path.dirname(os.path.abspath(plan.output)), exist_ok=True)
-        with open(plan.output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        print(f"\nwrote {os.path.relpath(plan.output)}")
-        for note in notes:
-            print(f"NOTE: {note}")
-        for problem in problems:
-            print(f"PROBLEM: {problem}")
+        save_result(result, plan.output)
         failed = bool(problems)
         return 1 if failed else 0
     except BenchError as exc:
@@ -507,10 +499,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cluster.cleanup()
         if server is not None:
             server.cleanup()
-        if failed or plan.keep_logs:
-            print(f"logs kept in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        drop_logs(log_dir, keep=failed or plan.keep_logs)
 
 
 if __name__ == "__main__":

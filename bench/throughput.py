@@ -1242,6 +1242,27 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
+def save_result(result: dict, output: str) -> None:
+    """Write the result JSON to ``output``, then print its notes and problems."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(f"\nwrote {os.path.relpath(output)}")
+    for note in result["notes"]:
+        print(f"NOTE: {note}")
+    for problem in result["problems"]:
+        print(f"PROBLEM: {problem}")
+
+
+def drop_logs(log_dir: str, *, keep: bool) -> None:
+    """Remove the workers' log folder, or say where it is when it is worth a look."""
+    if keep:
+        print(f"logs kept in {log_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     plan = parse_args(argv)
     log_dir = tempfile.mkdtemp(prefix="jiggler-bench-")
@@ -1280,15 +1301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         }
         print()
         print(render(result))
-        os.makedirs(os.path.dirname(os.path.abspath(plan.output)), exist_ok=True)
-        with open(plan.output, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        print(f"\nwrote {os.path.relpath(plan.output)}")
-        for note in bench.notes:
-            print(f"NOTE: {note}")
-        for problem in bench.problems:
-            print(f"PROBLEM: {problem}")
+        save_result(result, plan.output)
         missed = [t for t in result["targets"] if t["result"] == "MISS"]
         failed = bool(bench.problems) or (plan.strict and bool(missed))
         return 1 if failed else 0
@@ -1300,10 +1313,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             bench.cleanup()
         if server is not None:
             server.cleanup()
-        if failed or plan.keep_logs:
-            print(f"logs kept in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        drop_logs(log_dir, keep=failed or plan.keep_logs)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ mounting under a prefix (werkzeug's test client; a real server, hostile data).""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import re
 import time
 from html.parser import HTMLParser
@@ -24,11 +25,7 @@ from jiggler_gevent.web.app import _when  # noqa: E402
 
 from .conftest import HOUR_AGO_S, XSS, WebReport, failed_entry, publish_schedules, seed  # noqa: E402
 
-try:
-    import croniter  # noqa: F401
-    HAVE_CRON = True
-except ImportError:
-    HAVE_CRON = False
+HAVE_CRON = importlib.util.find_spec("croniter") is not None
 needs_cron = pytest.mark.skipif(not HAVE_CRON, reason="croniter (the cron extra) not installed")
 
 KEYS = Keys()
