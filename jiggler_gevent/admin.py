@@ -26,12 +26,13 @@ import redis
 import ujson
 
 from . import api as _api
+from . import migrate as _migrate
 from .config import default_redis_url
 from .connection import describe_url, make_client, ping
 from .errors import ConfigError, RedisUnavailable
 
 SUBCOMMANDS = ("stats", "periodic", "retry-dead", "delete-dead", "retry", "delete-retries", "kill",
-               "clear-queue", "quiet", "stop", "clean", "web")
+               "clear-queue", "quiet", "stop", "clean", "migrate-keys", "web")
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 DEFAULT_WEB_PORT = 9292
@@ -90,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--all-queues", action="store_true", help="every queue's pending jobs")
     what.add_argument("--everything", action="store_true",
                       help="every key under the namespace (stop the workers first)")
+    cmd.add_argument("--yes", action="store_true", help="do not ask")
+    cmd = sub.add_parser("migrate-keys",
+                         help="move jobs left in the keys of 0.1 to the current key layout "
+                              "(stop the 0.1 workers first)")
+    cmd.add_argument("--dry-run", action="store_true", help="only show what is there")
+    cmd.add_argument("--force", action="store_true",
+                     help="even while a 0.1 worker's heartbeat is alive (its jobs in progress "
+                          "and its bookkeeping are left for a later run)")
     cmd.add_argument("--yes", action="store_true", help="do not ask")
     cmd = sub.add_parser("web", help="serve the dashboard (gevent pywsgi)")
     cmd.add_argument("--port", type=int, default=DEFAULT_WEB_PORT)
@@ -264,6 +273,50 @@ def _clean(api: _api.Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_keys(api: _api.Api, args: argparse.Namespace) -> int:
+    namespace = api.keys.namespace
+    where = _migrate.OldLayout(namespace).root + "*"
+    found = _migrate.find_old_keys(api.client, namespace)
+    print(f"0.1 key layout ({where}): {found.describe()}")
+    if found.live_processes:
+        print(f"live 0.1 worker process(es): {', '.join(_printable(p) for p in found.live_processes)}")
+    if found.unrecognised:
+        print(f"not of the 0.1 layout (left alone): "
+              f"{', '.join(_printable(k) for k in found.unrecognised[:10])}"
+              + (f" and {len(found.unrecognised) - 10} more" if len(found.unrecognised) > 10 else ""))
+    if args.dry_run:
+        print("dry run: nothing changed")
+        return 0
+    if found.live_processes and not args.force:
+        raise _migrate.MigrationError(
+            "0.1 worker process(es) still alive: stop every 0.1 worker first (or pass --force "
+            "to move everything but their jobs in progress)")
+    if found.found and not _confirm(args, f"move the jobs of {where} to the current key layout "
+                                          "and delete the 0.1 bookkeeping"):
+        return EXIT_ERROR
+    shown = [time.monotonic()]
+
+    def progress(what: str, moved: int) -> None:
+        if time.monotonic() - shown[0] >= 2.0:
+            shown[0] = time.monotonic()
+            print(f"  ... {moved} moved so far from {_printable(what)}", flush=True)
+
+    report = _migrate.migrate(api.client, namespace, force=args.force, progress=progress)
+    for line in report.describe():
+        print(_printable(line))
+    left = _migrate.find_old_keys(api.client, namespace)
+    if left.jobs:
+        message = f"still in the 0.1 layout: {left.describe()}"
+        if report.forced_past:
+            print(f"{message} (jobs of live 0.1 processes, or pushed by them since)")
+            return 0
+        print(f"{message}: is a 0.1 worker or enqueuer still running? Run this again",
+              file=sys.stderr)
+        return EXIT_ERROR
+    print("done: nothing left in the 0.1 layout; start the new workers")
+    return 0
+
+
 def _serve_web(args: argparse.Namespace, url: str) -> int:
     """Check the options, patch, then serve the dashboard until interrupted."""
     if not 0 < args.port < 65536:
@@ -306,6 +359,7 @@ _COMMANDS: dict[str, Callable[[_api.Api, argparse.Namespace], int]] = {
     "quiet": _signal,
     "stop": _signal,
     "clean": _clean,
+    "migrate-keys": _migrate_keys,
 }
 
 
@@ -319,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         api = _api.Api(make_client(url, max_connections=4), args.namespace)
         ping(api.client, url)
         return _COMMANDS[args.command](api, args)
-    except (ConfigError, RedisUnavailable, _api.AdminError) as exc:
+    except (ConfigError, RedisUnavailable, _api.AdminError, _migrate.MigrationError) as exc:
         print(f"jiggler-gevent {args.command}: {exc}", file=sys.stderr)
     except ValueError as exc:  # a bad namespace
         print(f"jiggler-gevent {args.command}: {exc}", file=sys.stderr)

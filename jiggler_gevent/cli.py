@@ -124,7 +124,7 @@ def build_parser() -> configargparse.ArgParser:
                         "host:port[,host:port...] (rediss+sentinel://, rediss+cluster:// for TLS) "
                         "(default $JIGGLER_REDIS_URL, $REDIS_URL, redis://127.0.0.1:6379/0)")
     p.add_argument("--namespace", default="",
-                   help="key prefix so several apps can share one Redis (myapp -> myapp:jiggler:)")
+                   help="key namespace so several apps can share one Redis (myapp -> {myapp:jiggler}...)")
     p.add_argument("--mode", choices=MODES, default=AT_LEAST_ONCE,
                    help="at-least-once (default: a crashed worker's jobs run again) or "
                         "at-most-once (a job never runs twice; a crash can lose jobs in flight)")
@@ -272,6 +272,24 @@ def _warn_about_eviction(client) -> None:
                         "queued jobs; set it to noeviction", f"node {node} " if node else "", policy)
 
 
+def _warn_about_old_keys(client, namespace: str) -> None:
+    """One warning line when keys of the 0.1 layout are left (their jobs would never run
+    here): the counts and the command that moves them. A bounded look (the fixed keys,
+    then at most ``migrate.WARN_SCAN_CALLS`` SCAN calls), skipped on a cluster (0.1 never
+    ran there), and never fatal."""
+    from . import migrate
+
+    try:
+        if connection.is_cluster(client):
+            return
+        found = migrate.find_old_keys(client, namespace, max_scan_calls=migrate.WARN_SCAN_CALLS)
+    except Exception as exc:  # a check must never stop the worker
+        log.debug("could not look for keys of the 0.1 layout: %s: %s", type(exc).__name__, exc)
+        return
+    if found.found:
+        log.warning("%s", migrate.warning_text(found))
+
+
 def _run_parent(config: Config, argv: list[str]) -> int:
     """``-p N``: check what the children will need (one clear line if it is wrong),
     then run them under a :class:`~jiggler_gevent.server.parent.Parent`."""
@@ -325,4 +343,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _fail(f"could not load {config.require!r}: {type(exc).__name__}: {exc}"
               + ("" if config.verbose else " (run with -v for the traceback)"))
     _warn_about_eviction(launcher.client)
+    _warn_about_old_keys(launcher.client, config.namespace)
     return launcher.run()

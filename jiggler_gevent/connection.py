@@ -486,7 +486,7 @@ def configure(
     """Set where jobs are enqueued from this process.
 
     ``redis_url`` defaults to ``JIGGLER_REDIS_URL`` or ``REDIS_URL``; ``namespace``
-    prefixes every key (``myapp`` -> ``myapp:jiggler:...``); ``client`` hands in a
+    goes into every key (``myapp`` -> ``{myapp:jiggler}:...``); ``client`` hands in a
     redis-py client of your own; ``max_connections`` sizes the built-in pool.
     """
     settings.configure(redis_url, namespace, client, max_connections)

@@ -222,3 +222,53 @@ def test_module_entry_point(redis_url, redis_client):
                             capture_output=True, text=True, timeout=30, env=env, cwd=str(REPO_ROOT))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["totals"]["processed"] == 3
+
+
+def test_migrate_keys(run, redis_client, monkeypatch):
+    """``migrate-keys`` over a keyspace of the 0.1 layout (literal 0.1 key names)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal
+    old_job = json.dumps({"name": "Mail", "args": [], "jid": "old1", "queue": "mail"})
+    redis_client.lpush("app5:jiggler:list:mail", old_job)
+    redis_client.zadd("app5:jiggler:set:dead", {json.dumps({"name": "Mail", "jid": "d1",
+                                                            "queue": "low"}): 5})
+    redis_client.set("app5:jiggler:stats:processed_counter", 12)
+    redis_client.zadd("app5:jiggler:processes", {"p0": time.time()})
+    redis_client.hset("app5:jiggler:process:p0", "identity", "p0")
+    before = sorted(redis_client.keys("*"))
+
+    status, out, _ = run("migrate-keys", "--dry-run", "--namespace", "app5")
+    assert status == 0 and out.splitlines() == [
+        "0.1 key layout (app5:jiggler:*): 1 pending job(s) in 1 list(s), 1 dead, 1 counter(s), "
+        "1 bookkeeping key(s), 1 live 0.1 worker process(es)",
+        "live 0.1 worker process(es): p0",
+        "dry run: nothing changed"]
+    assert sorted(redis_client.keys("*")) == before
+    status, _, err = run("migrate-keys", "--yes", "--namespace", "app5")
+    assert status == 1 and err.startswith("jiggler-gevent migrate-keys: 0.1 worker process(es) "
+                                          "still alive") and len(err.splitlines()) == 1
+    redis_client.delete("app5:jiggler:process:p0")  # the 0.1 worker stopped
+    status, _, err = run("migrate-keys", "--namespace", "app5")
+    assert status == 1 and "--yes" in err and len(err.splitlines()) == 1
+    assert sorted(redis_client.keys("*")) == sorted(set(before) - {b"app5:jiggler:process:p0"})
+
+    status, out, _ = run("migrate-keys", "--yes", "--namespace", "app5")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == ("0.1 key layout (app5:jiggler:*): 1 pending job(s) in 1 list(s), 1 dead, "
+                        "1 counter(s), 1 bookkeeping key(s)")
+    assert lines[1] == ("moved 1 pending job(s), 0 job(s) of gone processes (to the head of their "
+                        "queues), 0 quarantined job(s), 0 scheduled, 0 retries, 1 dead")
+    assert "added 12 processed and 0 failed to the totals, merged 0 day(s) of history" in lines
+    assert "registered queue(s): low, mail" in lines
+    assert lines[-2].startswith("dropped 1 bookkeeping key(s) of 0.1")
+    assert lines[-1] == "done: nothing left in the 0.1 layout; start the new workers"
+    keys = Keys("app5")
+    assert redis_client.lrange(keys.queue("mail"), 0, -1) == [old_job.encode()]
+    assert redis_client.zcard(keys.dead("low")) == 1 and redis_client.get(keys.processed) == b"12"
+    assert redis_client.keys("app5:jiggler:*") == []
+    status, out, _ = run("stats", "--json", "--namespace", "app5")
+    assert json.loads(out)["totals"]["enqueued"] == 1
+
+    status, out, _ = run("migrate-keys", "--namespace", "app5")  # nothing left: no question
+    assert status == 0 and out.splitlines()[0] == "0.1 key layout (app5:jiggler:*): nothing"
+    assert out.splitlines()[-1].startswith("done")

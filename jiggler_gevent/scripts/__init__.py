@@ -7,7 +7,9 @@ Must not decide policy: callers choose keys and arguments.
 Every script touches keys of one Redis Cluster slot per call (each header says which),
 so the scripts run on a ``RedisCluster`` client too: redis-py routes a call by its
 keys, and after ``NOSCRIPT`` it loads the script on every primary. Never call a script
-inside a transaction pipeline (a cluster MULTI cannot carry one).
+inside a transaction pipeline (a cluster MULTI cannot carry one). The exception is the
+``migrate_*`` scripts of the upgrade from 0.1 (``jiggler_gevent/migrate.py``), which
+run on a single server only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from importlib import resources
 import redis
 
 SCRIPT_NAMES = ("fetch", "schedule", "requeue", "drain", "stats", "recover", "unregister",
-                "move_entry")
+                "move_entry", "migrate_list", "migrate_entries", "migrate_counter")
 
 
 @functools.cache
