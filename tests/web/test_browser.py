@@ -32,7 +32,10 @@ if not CHROMIUM or not CHROMEDRIVER:
     pytest.skip("no headless browser: install Debian's chromium and chromium-driver "
                 f"(found chromium={CHROMIUM}, chromedriver={CHROMEDRIVER})", allow_module_level=True)
 
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -90,7 +93,8 @@ def painted_pixels(driver, canvas_id: str) -> int:
 def test_overview_live_chart_and_retry_dead_job(browser, web_server, redis_client):
     keys = seed(redis_client)
     server = web_server()
-    wait = WebDriverWait(browser, WAIT_S)
+    # a wait that reads the page while a click navigates may find the old one's elements
+    wait = WebDriverWait(browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
 
     browser.get(server.url + "/?poll=2")
     wait.until(lambda d: d.find_element(By.ID, "history-chart").get_attribute("data-drawn"))
