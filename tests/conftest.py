@@ -253,3 +253,27 @@ def redis_cluster():
         yield cluster
     finally:
         cluster.cleanup()
+
+
+ACL_ADMIN_PASSWORD = "adm1n-Pa55"  # the default user's password on acl_server
+ACL_WORKER_PASSWORD = "w0rker-Pa55"  # the ACL user ``worker``'s password
+
+
+@pytest.fixture(scope="module")
+def acl_server() -> Iterator[devserver.LocalServer]:
+    """A server of its own whose default user needs a password (``.admin_password``), with
+    an ACL user ``worker`` (``.worker_password``, every command and key); ``.admin`` is a
+    client of the default user."""
+    with devserver.LocalServer() as server:
+        setup = redis.Redis(port=server.port)
+        setup.execute_command("ACL", "SETUSER", "worker", "on", f">{ACL_WORKER_PASSWORD}",
+                              "~*", "&*", "+@all")
+        setup.config_set("requirepass", ACL_ADMIN_PASSWORD)
+        setup.close()
+        server.admin_password = ACL_ADMIN_PASSWORD
+        server.worker_password = ACL_WORKER_PASSWORD
+        server.admin = redis.Redis(port=server.port, password=ACL_ADMIN_PASSWORD)
+        try:
+            yield server
+        finally:
+            server.admin.close()

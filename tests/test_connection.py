@@ -207,23 +207,9 @@ def test_plain_redis_to_a_tls_port_fails_with_one_line(tls_server):
 # -- ACL users --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def acl_server():
-    server = started(devserver.LocalServer())
-    try:
-        admin = redis.Redis(port=server.port)
-        admin.execute_command("ACL", "SETUSER", "worker", "on", f">{WORKER_PASSWORD}",
-                              "~*", "&*", "+@all")
-        admin.config_set("requirepass", ADMIN_PASSWORD)
-        admin.close()
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.fixture
 def acl_admin(acl_server):
-    client = redis.Redis(port=acl_server.port, password=ADMIN_PASSWORD)
+    client = redis.Redis(port=acl_server.port, password=acl_server.admin_password)
     try:
         yield client
     finally:
@@ -231,7 +217,7 @@ def acl_admin(acl_server):
 
 
 def test_acl_user_and_password(acl_server):
-    url = f"redis://worker:{WORKER_PASSWORD}@127.0.0.1:{acl_server.port}/0"
+    url = f"redis://worker:{acl_server.worker_password}@127.0.0.1:{acl_server.port}/0"
     client = connection.make_client(url)
     try:
         connection.ping(client, url)

@@ -30,19 +30,9 @@ from .procs import BIN, wait_until, worker_env
 KEYS = Keys()
 QUEUE = KEYS.queue("default")
 RUN_TIMEOUT_S = 30
-WORKER_PASSWORD = "w0rker-Pa55"
 WRONG_PASSWORD = "wr0ng-Pa55-xyz"
-ADMIN_PASSWORD = "adm1n-Pa55"
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def started(server):
-    try:
-        return server.start()
-    except BaseException:
-        server.cleanup()
-        raise
 
 
 def run_bin(*args: str, cwd) -> tuple[subprocess.CompletedProcess, float]:
@@ -108,26 +98,8 @@ def test_worker_that_does_not_trust_the_server_certificate_exits_with_one_line(
 # -- ACL --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def acl_server():
-    """A server whose default user needs ADMIN_PASSWORD and with an ACL user ``worker``."""
-    server = started(devserver.LocalServer())
-    try:
-        admin = redis.Redis(port=server.port)
-        admin.execute_command("ACL", "SETUSER", "worker", "on", f">{WORKER_PASSWORD}",
-                              "~*", "&*", "+@all")
-        admin.config_set("requirepass", ADMIN_PASSWORD)
-        admin.close()
-        server.admin = redis.Redis(port=server.port, password=ADMIN_PASSWORD)
-        yield server
-    finally:
-        if hasattr(server, "admin"):
-            server.admin.close()
-        server.cleanup()
-
-
 def test_worker_runs_jobs_as_an_acl_user(acl_server, enqueue_to, spawn_worker, ledger):
-    url = f"redis://worker:{WORKER_PASSWORD}@127.0.0.1:{acl_server.port}/0"
+    url = f"redis://worker:{acl_server.worker_password}@127.0.0.1:{acl_server.port}/0"
     enqueue_to(url)
     n = 50
     jids = jf.Record.enqueue_bulk([[] for _ in range(n)])
@@ -137,7 +109,7 @@ def test_worker_runs_jobs_as_an_acl_user(acl_server, enqueue_to, spawn_worker, l
     assert ours and all(c["user"] == "worker" for c in ours), ours
     run_jobs(worker, ledger, n, jids)
     assert acl_server.admin.llen(QUEUE) == 0
-    assert WORKER_PASSWORD not in worker.stdout() + worker.stderr()
+    assert acl_server.worker_password not in worker.stdout() + worker.stderr()
 
 
 @pytest.mark.parametrize("user", ["worker", "nobody", ""])
