@@ -78,6 +78,17 @@ def assert_retried_with_backoff(worker: WorkerProcess) -> None:
     assert "retrying in" in worker.stdout(), f"the fault never reached the worker\n{worker.tail()}"
 
 
+def assert_nothing_lost(worker: WorkerProcess, ledger: Ledger, report, scenario: str, jids,
+                        hit: set) -> None:
+    """Report the scenario's line; no job lost, only jobs in flight at the fault run twice,
+    and the worker backed off instead of failing."""
+    lost, dup = ledger.lost_and_dup(jids)
+    report(scenario, lost, dup, len(jids), len(hit))
+    assert lost == 0
+    assert dup <= len(hit)
+    assert_retried_with_backoff(worker)
+
+
 def finish(worker: WorkerProcess, ledger: Ledger, client: redis.Redis, jids, timeout: float,
            what: str) -> None:
     """Wait (with a hang guard) for every job to end and every ack to land, the worker
@@ -115,11 +126,8 @@ def test_server_restart_with_persistence(fresh_server, fresh_client, spawn_worke
         assert ended_at_fault < n, "the restart came too late to test anything"
 
         finish(worker, ledger, fresh_client, jids, 30, "every job to end after the restart")
-        lost, dup = ledger.lost_and_dup(jids)
-        report("Redis restart (persistent, -c 20, 20 ms jobs)", lost, dup, n, len(hit))
-        assert lost == 0
-        assert dup <= len(hit)
-        assert_retried_with_backoff(worker)
+        assert_nothing_lost(worker, ledger, report,
+                            "Redis restart (persistent, -c 20, 20 ms jobs)", jids, hit)
     finally:
         worker.kill()
 
@@ -165,12 +173,8 @@ def test_connection_resets(redis_client, redis_url, spawn_worker, ledger, report
         assert_worker_survived(worker)
 
         finish(worker, ledger, redis_client, jids, 30, "every job to end after the resets")
-        lost, dup = ledger.lost_and_dup(jids)
-        report(f"connection resets ({ticks} x CLIENT KILL, {killed} killed, -c 20, 10 ms jobs)",
-               lost, dup, n, len(hit))
-        assert lost == 0
-        assert dup <= len(hit)
-        assert_retried_with_backoff(worker)
+        assert_nothing_lost(worker, ledger, report, f"connection resets ({ticks} x CLIENT KILL, "
+                            f"{killed} killed, -c 20, 10 ms jobs)", jids, hit)
     finally:
         killer.close()
         worker.kill()
@@ -215,12 +219,8 @@ def test_server_stall_longer_than_the_socket_timeout(redis_client, spawn_worker,
         assert 0 not in samples, f"0 busy with a full queue after the stall: {samples}"
 
         finish(worker, ledger, redis_client, jids, 30, "every job to end after the stall")
-        lost, dup = ledger.lost_and_dup(jids)
-        report(f"server stall (DEBUG SLEEP {stall_s} > --socket-timeout 1, -c {c}, 50 ms jobs)",
-               lost, dup, n, len(hit))
-        assert lost == 0
-        assert dup <= len(hit)
-        assert_retried_with_backoff(worker)
+        assert_nothing_lost(worker, ledger, report, f"server stall (DEBUG SLEEP {stall_s} > "
+                            f"--socket-timeout 1, -c {c}, 50 ms jobs)", jids, hit)
     finally:
         worker.kill()
 
