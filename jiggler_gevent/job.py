@@ -39,16 +39,36 @@ _UNKNOWN = object()
 _registry: dict[str, type[Job]] = {}
 
 
-class _RegisteredQueues:
-    """The queues this process has put in the registry set of one client and namespace,
-    each with the monotonic time after which its SADD is sent again."""
+class QueueRegistry:
+    """The queue names one client has put in the registry set (``keys.queues``) lately,
+    so that their ``SADD`` is sent once, and again after :data:`REGISTRY_REFRESH_S`.
+    Also used by the worker's retrier for the queues it retries jobs into."""
 
-    __slots__ = ("client", "root", "until")
+    __slots__ = ("until",)
+
+    def __init__(self) -> None:
+        self.until: dict[str, float] = {}  # queue -> monotonic time its SADD is due again
+
+    def due(self, queue: str) -> bool:
+        return self.until.get(queue, 0.0) <= time.monotonic()
+
+    def remember(self, queues: Iterable[str]) -> None:
+        until = time.monotonic() + REGISTRY_REFRESH_S
+        if len(self.until) > 10_000:
+            self.until.clear()
+        for queue in queues:
+            self.until[queue] = until
+
+
+class _RegisteredQueues(QueueRegistry):
+    """The client API's registry cache: for one client and namespace at a time."""
+
+    __slots__ = ("client", "root")
 
     def __init__(self, client: Any = None, root: str = "") -> None:
+        super().__init__()
         self.client = client
         self.root = root
-        self.until: dict[str, float] = {}
 
 
 _registered = _RegisteredQueues()
@@ -64,17 +84,11 @@ def _registered_for(client: Any, keys: Any) -> _RegisteredQueues:
 
 def _is_registered(client: Any, keys: Any, queue: str) -> bool:
     known = _registered
-    return (known.client is client and known.root == keys.root
-            and known.until.get(queue, 0.0) > time.monotonic())
+    return known.client is client and known.root == keys.root and not known.due(queue)
 
 
 def _remember(client: Any, keys: Any, queues: Iterable[str]) -> None:
-    known = _registered_for(client, keys)
-    until = time.monotonic() + REGISTRY_REFRESH_S
-    if len(known.until) > 10_000:
-        known.until.clear()
-    for queue in queues:
-        known.until[queue] = until
+    _registered_for(client, keys).remember(queues)
 
 
 def forget_registered_queues() -> None:
@@ -344,9 +358,7 @@ def _push(queue: str, encoded: bytes) -> None:
     """LPUSH one job; with the registry SADD in the same pipeline when this process has
     not registered the queue lately."""
     client, keys = settings.client, settings.keys
-    known = _registered  # _is_registered, inlined: this is every enqueue's path
-    if (known.client is client and known.root == keys.root
-            and known.until.get(queue, 0.0) > time.monotonic()):
+    if _is_registered(client, keys, queue):
         client.lpush(keys.queue(queue), encoded)
         return
     with client.pipeline(transaction=False) as pipe:

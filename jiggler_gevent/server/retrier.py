@@ -30,7 +30,7 @@ import redis
 from .. import payload as _payload
 from ..config import Config
 from ..connection import is_cluster
-from ..job import Job
+from ..job import Job, QueueRegistry
 from ..keys import Keys, valid_queue_name
 from .backoff import REDIS_ERRORS, Backoff
 from .fetcher import Fetcher, UnitOfWork
@@ -38,8 +38,6 @@ from .fetcher import Fetcher, UnitOfWork
 log = logging.getLogger(__name__)
 
 BACKTRACE_LINES = 30
-KNOWN_QUEUES_CACHED = 10_000
-REGISTRY_REFRESH_S = 300.0  # a retry_queue's SADD is sent again after this long
 
 
 def _backtrace(exc: BaseException) -> list[str]:
@@ -59,9 +57,9 @@ class Retrier:
         self.fetcher = fetcher
         self.hard_stopped = hard_stopped
         self.cluster = is_cluster(client)
-        # other queues we put in the registry (keys.queues) -> when to send the SADD again;
-        # our own queues are there already: every heartbeat adds them
-        self._registered: dict[str, float] = {}
+        # other queues we put in the registry (keys.queues); our own queues are there
+        # already: every heartbeat adds them
+        self._registered = QueueRegistry()
 
     def job_failed(self, unit: UnitOfWork, job: dict, job_class: type, exc: BaseException,
                    now: Optional[float] = None) -> str:
@@ -180,11 +178,7 @@ class Retrier:
             pipe.zremrangebyrank(set_key, 0, -(self.config.max_dead_jobs + 1))
 
     def _unregistered(self, queue: str) -> bool:
-        if queue in self.config.queue_names:
-            return False
-        return self._registered.get(queue, 0.0) <= time.monotonic()
+        return queue not in self.config.queue_names and self._registered.due(queue)
 
     def _remember(self, queue: str) -> None:
-        if len(self._registered) > KNOWN_QUEUES_CACHED:
-            self._registered.clear()
-        self._registered[queue] = time.monotonic() + REGISTRY_REFRESH_S
+        self._registered.remember((queue,))
