@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -221,6 +222,16 @@ def load_app(target: Optional[str]) -> None:
         func()
 
 
+class _StoppedDuringStartup(BaseException):
+    """TERM or INT arrived while the worker was still starting (loading the app, checking
+    Redis): nothing was fetched yet, so it ends at once with exit code 0. A BaseException,
+    so that the app's own ``except Exception`` does not swallow it mid-import."""
+
+
+def _stop_during_startup(signum, frame) -> None:
+    raise _StoppedDuringStartup(signal.Signals(signum).name)
+
+
 def _fail(message: str, code: int = EXIT_STARTUP) -> None:
     sys.stderr.write(f"jiggler-gevent: error: {message}\n")
     sys.exit(code)
@@ -322,6 +333,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format=LOG_FORMAT, stream=sys.stdout)
     if config.processes > 1:
         return _run_parent(config, argv)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # until the launcher's own handlers
+        signal.signal(signum, _stop_during_startup)
+    try:
+        return _start_worker(args, config)
+    except _StoppedDuringStartup as stop:
+        log.info("%s during startup: exiting before any job was fetched", stop)
+        return 0
+
+
+def _start_worker(args, config: Config) -> int:
+    """Load the app, check Redis, then run a :class:`Launcher` until it is stopped."""
     from .server.launcher import Launcher  # gevent is patched by now
 
     try:
@@ -332,6 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 namespace_given=bool(args.namespace))
         middleware.load(args.middleware)
         launcher = Launcher(config)
+        launcher.install_signal_handlers()  # a stop from here on is a graceful one
         connection.ping(launcher.client, config.redis_url)
     except (ConfigError, RedisUnavailable) as exc:
         _fail(str(exc))

@@ -220,7 +220,7 @@ def clear() -> None:
 
 def list_schedules(client: Any, keys: Any, now: float) -> list[dict]:
     """The schedules the workers published, each with ``next_run`` and ``last_tick``
-    (epoch seconds or None), sorted by next run (for a dashboard or an API).
+    (epoch seconds or None), sorted by next run, then name (for a dashboard or an API).
 
     The descriptions are in the global hash ``keys.periodic_schedules``; each
     schedule's last tick is in the ``periodic_last`` hash of the queue its jobs go to
@@ -266,7 +266,9 @@ def list_schedules(client: Any, keys: Any, now: float) -> list[dict]:
         ticks = [t for t in (_float(t) for t in ticks) if t is not None]
         info["last_tick"] = max(ticks) if ticks else None
         out.append(info)
-    out.sort(key=lambda i: (i["next_run"] is None, i["next_run"] or 0))
+    # ties (an hourly and a */10 schedule both due at the hour) go by name, so a page
+    # lists them in the same order on every load
+    out.sort(key=lambda i: (i["next_run"] is None, i["next_run"] or 0, i["name"]))
     return out
 
 

@@ -210,6 +210,19 @@ def test_list_schedules_reads_each_schedules_tick_in_its_queue(redis_client):
     assert periodic.list_schedules(redis_client, Keys("empty"), 100.0) == []
 
 
+def test_list_schedules_orders_by_next_run_then_name(redis_client):
+    """An hourly and a */10 schedule are both due at the hour: the tie goes by name, the
+    same on every read (the hash's own order is not stable)."""
+    redis_client.hset(KEYS.periodic_schedules, mapping={
+        name: json.dumps({"name": name, "job": "per.beat", "every": every, "queue": "low"})
+        for name, every in (("zz-hourly", 3600), ("aa-hourly", 3600), ("mm-ten", 600),
+                            ("later", 7200))})
+    redis_client.hset(KEYS.periodic_schedules, "odd", json.dumps({"name": "odd", "job": "x", "every": -1}))
+    for now in (3000.0, 3599.0):  # the ten-minute one ties with the hourly ones at 3600
+        names = [i["name"] for i in periodic.list_schedules(redis_client, KEYS, now)]
+        assert names == ["aa-hourly", "mm-ten", "zz-hourly", "later", "odd"]  # no next run: last
+
+
 def test_launcher_runs_the_scheduler_only_when_there_are_schedules(redis_client, redis_url):
     from jiggler_gevent.config import Config
     from jiggler_gevent.server.launcher import Launcher

@@ -147,3 +147,24 @@ def test_ttin_logs_every_greenlet_stack(redis_client, spawn_worker):
     assert worker.returncode == 0, worker.tail()
     assert worker.stderr().strip() == ""
     assert_no_worker_state(redis_client)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_while_the_app_loads_exits_cleanly(tmp_path, spawn_worker, redis_client, signum):
+    """TERM or INT while the ``-r`` module is still importing (a slow Django setup, say):
+    the worker ends at once with exit code 0 and one log line, not killed by the signal,
+    and leaves nothing in Redis (it never started)."""
+    marker = tmp_path / "loading"
+    app = tmp_path / "slow_app.py"
+    app.write_text("import pathlib, time\n"
+                   f"pathlib.Path({str(marker)!r}).write_text('x')\n"
+                   "time.sleep(30)\n")
+    worker = spawn_worker("-r", str(app), require=False)
+    wait_until(marker.exists, 15, "the app to start loading", worker)
+    worker.send(signum)
+    took = worker.wait_exit(10)
+    assert worker.returncode == 0, worker.tail()
+    assert took < 5
+    assert f"{signal.Signals(signum).name} during startup" in worker.stdout()
+    assert_no_worker_state(redis_client)
+
