@@ -87,7 +87,9 @@ def test_periodic_table_and_json(run, redis_client):
     assert status == 0 and out.startswith("no periodic schedules published: declare them")
     assert run("periodic", "--json")[:2] == (0, "[]\n")
     now = time.time()
-    schedules = [periodic.Schedule(job=CliReport.name, every=600, args=(1,), name="rep\x1b[31mort"),
+    # every second: next to run at any time of day (every 10 min would tie with the daily
+    # one at midnight in Paris, and the tie goes by name)
+    schedules = [periodic.Schedule(job=CliReport.name, every=1, args=(1,), name="rep\x1b[31mort"),
                  periodic.Schedule(job="cli.periodic.nobody", every=86400, tz="Europe/Paris")]
     scheduler = PeriodicScheduler(redis_client, Keys("app4"), schedules)
     scheduler.publish()
@@ -98,7 +100,7 @@ def test_periodic_table_and_json(run, redis_client):
     header, first, second = out.splitlines()
     assert header.split() == ["schedule", "when", "job", "queue", "next", "run", "last", "tick"]
     cells = re.split(r"\s{2,}", first)
-    assert cells[:4] == ["rep\\x1b[31mort", "every 10 min", "cli.periodic.report", "reports"]
+    assert cells[:4] == ["rep\\x1b[31mort", "every 1 s", "cli.periodic.report", "reports"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(in \d+[sm]\)", cells[4])
     last_tick = schedules[0].latest(now - 3600)
     assert cells[5] == admin._ago(str(last_tick)) + " (1h ago)"
@@ -109,7 +111,7 @@ def test_periodic_table_and_json(run, redis_client):
     status, out, _ = run("periodic", "--json", "--namespace", "app4")
     data = json.loads(out)
     assert [d["name"] for d in data] == ["rep\x1b[31mort", "cli.periodic.nobody"]
-    assert data[0]["queue"] == "reports" and data[0]["args"] == [1] and data[0]["every"] == 600
+    assert data[0]["queue"] == "reports" and data[0]["args"] == [1] and data[0]["every"] == 1
     assert data[0]["last_tick"] == last_tick and data[1]["last_tick"] is None
     assert data[1]["timing"] == "every 1 d (Europe/Paris)" and data[1]["next_run"] > now
     redis_client.hset(Keys("app4").periodic_schedules, "far", json.dumps({"job": "x", "every": 1e300}))
