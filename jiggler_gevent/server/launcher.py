@@ -85,6 +85,7 @@ class Launcher:
             if _periodic.schedules() else None
         self.stop_requested = Event()
         self.hurry = Event()
+        self._signal_watchers: list = []  # installed once (a second set would fire twice)
         self._services: list[gevent.Greenlet] = []
 
     def _make_worker(self, index: int) -> Worker:
@@ -147,11 +148,16 @@ class Launcher:
         log.warning("greenlet stacks:\n%s", "\n".join(format_run_info()))
 
     def install_signal_handlers(self) -> None:
+        """INT/TERM stop, TSTP quiets, TTIN dumps stacks. Idempotent: the CLI installs
+        them before its startup checks, :meth:`run` again for other callers; two sets
+        would run each handler twice (one TERM would count as two)."""
+        if self._signal_watchers:
+            return
         for signum, handler in ((signal.SIGTERM, self.request_stop),
                                 (signal.SIGINT, self.request_stop),
                                 (signal.SIGTSTP, self.quiet),
                                 (signal.SIGTTIN, self.dump_stacks)):
-            gevent.signal_handler(signum, handler)
+            self._signal_watchers.append(gevent.signal_handler(signum, handler))
 
     # stopping ---------------------------------------------------------------------
 
