@@ -20,7 +20,7 @@ from typing import Optional
 
 import configargparse
 
-from . import connection, middleware
+from . import connection, green, middleware
 from .config import AT_LEAST_ONCE, MODES, Config, default_redis_url, parse_queues
 from .errors import ConfigError, JigglerError, RedisUnavailable
 from .version import __version__
@@ -111,6 +111,10 @@ def build_parser() -> configargparse.ArgParser:
                    help="seconds the gevent hub may be blocked (a CPU-bound job) before the job "
                         "is preempted and its stack logged; 0 turns the watchdog off "
                         "(default 0.5)")
+    p.add_argument("--no-green-psycopg2", action="store_true", default=False,
+                   help="leave psycopg2 blocking: by default its queries wait cooperatively "
+                        "(a wait callback), so other jobs run meanwhile; psycopg2 does not "
+                        "support COPY or large objects in that mode")
     p.add_argument("-e", "--environment", default=os.environ.get("APP_ENV", "development"),
                    help="application environment, shown in the heartbeat (default $APP_ENV or "
                         "development)")
@@ -189,6 +193,7 @@ def config_from_args(argv: Optional[Sequence[str]] = None,
             require=args.require,
             environment=args.environment,
             verbose=args.verbose,
+            green_psycopg2=not args.no_green_psycopg2,
         ).validate()
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
@@ -346,6 +351,9 @@ def _start_worker(args, config: Config) -> int:
     """Load the app, check Redis, then run a :class:`Launcher` until it is stopped."""
     from .server.launcher import Launcher  # gevent is patched by now
 
+    if config.green_psycopg2 and green.patch_psycopg2() == green.PATCHED:
+        log.info("psycopg2 queries wait cooperatively, so other jobs run meanwhile "
+                 "(--no-green-psycopg2 turns this off)")
     try:
         connection.configure(redis_url=config.redis_url, namespace=config.namespace,
                              max_connections=config.concurrency + 10)

@@ -92,6 +92,7 @@ class Config:
     require: Optional[str] = None
     environment: str = "development"
     verbose: bool = False
+    green_psycopg2: bool = True  # psycopg2 queries wait with gevent (see green.py)
     hostname: str = dataclasses.field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:

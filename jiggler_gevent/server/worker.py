@@ -156,6 +156,13 @@ class Worker:
                 if chain is None:
                     return instance.perform(*job["args"], **job["kwargs"])
                 return chain(instance, job)
+        except BaseException as exc:
+            timeout = _timeout_behind(exc)
+            if timeout is None or timeout is exc:
+                raise
+            # the timeout fired, then cleanup code raised over it (``with conn:`` on a
+            # connection the interrupted query closed): the job failed by its timeout
+            raise timeout from exc
         finally:
             if supervisor is not None:
                 supervisor.leave()
@@ -178,3 +185,14 @@ class Worker:
             log.exception("could not record the failure; burying the raw payload")
             self.retrier.bury(unit, PayloadError(f"failure could not be recorded: {err}"))
             return "dead"
+
+
+def _timeout_behind(exc: BaseException) -> Optional[JobTimeout]:
+    """The :class:`JobTimeout` that ``exc`` is, or was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, JobTimeout):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None

@@ -74,6 +74,20 @@ class Swallow(Job):
         EVENTS.append(("end", self.jid))
 
 
+class CleanupRaisesOverTimeout(Job):
+    """Its cleanup raises while the timeout propagates (``with conn:`` on a connection the
+    interrupted query closed, say)."""
+
+    name = "srv.cleanup_raises"
+    timeout = 0.2
+
+    def perform(self):
+        try:
+            gevent.sleep(5)
+        finally:
+            raise RuntimeError("connection already closed")
+
+
 class Plain(Job):
     """No timeout of its own: only Config.job_timeout can stop it."""
 

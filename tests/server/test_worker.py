@@ -147,6 +147,15 @@ def test_except_exception_in_the_job_cannot_swallow_its_timeout(redis_client, ma
     assert in_progress(redis_client, launcher) == []
 
 
+def test_an_error_raised_over_the_timeout_still_reports_the_timeout(redis_client, make_launcher):
+    launcher = make_launcher()
+    jobs.CleanupRaisesOverTimeout.enqueue()
+    assert new_worker(launcher).process(launcher.fetcher.fetch()) == "retry"
+    (entry, _), = zset_entries(redis_client, KEYS.retries("default"))
+    assert entry["error_class"] == "JobTimeout" and "0.2" in entry["error_message"]
+    assert "connection already closed" in "".join(entry["error_backtrace"])  # kept for reading
+
+
 def test_config_job_timeout_applies_to_jobs_without_their_own(redis_client, make_launcher):
     launcher = make_launcher(job_timeout=0.2)
     jobs.Plain.enqueue(5)

@@ -15,3 +15,15 @@ class WriteRow(Job):
         from djapp.models import Row
 
         Row.objects.create(n=n, pid=os.getpid())
+
+
+class DbSleep(Job):
+    """A slow query through the ORM's connection (PostgreSQL only)."""
+
+    name = "djapp.db_sleep"
+
+    def perform(self, seconds):
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(%s)", [seconds])

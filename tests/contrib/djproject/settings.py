@@ -1,4 +1,5 @@
-"""Settings of the test Django project: sqlite file from $DJPROJECT_DB, Redis from
+"""Settings of the test Django project: sqlite file from $DJPROJECT_DB (PostgreSQL on
+127.0.0.1:$DJPROJECT_PG_PORT when that is set), Redis from
 $DJPROJECT_REDIS_URL (given to the worker through JIGGLER_GEVENT)."""
 
 import os
@@ -17,6 +18,11 @@ DATABASES = {
         "OPTIONS": {"timeout": 20},
     }
 }
+if os.environ.get("DJPROJECT_PG_PORT"):  # PostgreSQL instead (test_psycopg2.py)
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql", "NAME": "postgres", "USER": "postgres",
+        "HOST": "127.0.0.1", "PORT": os.environ["DJPROJECT_PG_PORT"],
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 JIGGLER_GEVENT = {
     "redis_url": os.environ.get("DJPROJECT_REDIS_URL"),
