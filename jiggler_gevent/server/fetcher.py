@@ -43,15 +43,17 @@ class UnitOfWork:
     keys the requeue script needs to push the job back to the head of its queue.
     """
 
-    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned", "pushed_back")
+    __slots__ = ("queue", "queue_key", "reserved_key", "raw", "abandoned", "pushed_back",
+                 "performed")
 
     def __init__(self, queue: str, queue_key: str, reserved_key: Optional[str], raw: bytes):
         self.queue = queue
         self.queue_key = queue_key
         self.reserved_key = reserved_key
         self.raw = raw
-        self.abandoned = False  # set at hard shutdown: the job was pushed back already
+        self.abandoned = False  # set at hard shutdown: its outcome is not recorded
         self.pushed_back = False  # requeue() pushed it back: never again (at-most-once)
+        self.performed = False  # the job's code returned: it ran, never push it back
 
     def acknowledge_into(self, pipe: redis.client.Pipeline) -> None:
         if self.reserved_key is not None:
@@ -167,6 +169,9 @@ class Fetcher:
                                 "(queue %s)", name)
                     return unit
         except REDIS_ERRORS as exc:
+            # the move may have happened with its reply lost: the next round pushes back
+            # what sits in our in-progress lists unheld
+            self._reply_lost = True
             log.warning("could not take a quarantined job: %s", exc)
             gevent.sleep(self._backoff.next_delay())
             return None
@@ -340,11 +345,26 @@ class Fetcher:
         keys: list[str] = []
         for unit in units:
             keys.extend(unit.requeue_keys)
+        if not self.reliable:
+            # at-most-once pushes unconditionally: a call again after a lost reply could
+            # push a job twice, so each unit gets one attempt (a failed one loses the job,
+            # as a crash would in this mode)
+            for unit in units:
+                unit.pushed_back = True
+            self.release(units)
         pushed = int(self.scripts.requeue(keys=keys, args=[u.raw for u in units]))
         for unit in units:
             unit.pushed_back = True
         self.release(units)
         return pushed
+
+    def give_up(self, units: collections.abc.Iterable[UnitOfWork]) -> None:
+        """Units whose push back failed: no longer held, so that (at-least-once) the
+        next round, or the drain at exit, pushes back what our in-progress lists still
+        hold; a held unit never released would keep a suspect from ever running."""
+        self.release(units)
+        if self.reliable:
+            self._reply_lost = True
 
     def release(self, units: collections.abc.Iterable[UnitOfWork]) -> None:
         """Forget units whose ack (or push back) has reached Redis."""

@@ -3,9 +3,9 @@
 Owns the N named worker greenlets. A worker greenlet that dies of an unexpected
 error is replaced (its job pushed back first). Stopping follows gevent's
 ``BaseServer.stop``: stop intake, wait up to the shutdown timeout for running jobs,
-then push the jobs still running back to the head of their queues (in both modes:
-an interrupted job runs again from the start) and interrupt them with
-:class:`Shutdown`. Only greenlets inside user code are interrupted; one idle in a
+then interrupt the jobs still running with :class:`Shutdown` and push them back to
+the head of their queues (in both modes: an interrupted job runs again from the
+start). Only greenlets inside user code are interrupted; one idle in a
 fetch or inside our own Redis write gets ``--fetch-timeout`` plus a grace period to
 finish it, and is interrupted only as a last resort (redis-py then drops that
 connection, and a job whose reply was lost is drained back at exit). Must not
@@ -82,7 +82,9 @@ class Manager:
         try:
             return self.fetcher.requeue(units)
         except REDIS_ERRORS as exc:
-            log.error("could not push %d job(s) back (they stay reserved): %s", len(units), exc)
+            fate = "they stay reserved" if self.fetcher.reliable else "they are lost"
+            log.error("could not push %d job(s) back (%s): %s", len(units), fate, exc)
+            self.fetcher.give_up(units)
             return 0
 
     # state ------------------------------------------------------------------------
@@ -127,17 +129,25 @@ class Manager:
         return False
 
     def hard_shutdown(self) -> int:
-        """Push running jobs back to their queues, then interrupt them."""
-        running = [w for w in self.workers.values()
-                   if w.current is not None and not w.current.abandoned]
-        units = [w.current for w in running]
+        """Interrupt the jobs still running, then push them back to their queues.
+
+        Only workers inside user code are interrupted and their jobs pushed back. A
+        worker in our own code (recording a failure, acking) finishes that: pushing its
+        job back too would run it twice (it would be in its queue and in the retry
+        set). Interrupting first means that a job whose code returned in the meantime
+        is acked, not pushed back (at-most-once: never run twice)."""
+        running = {index: w for index, w in self.workers.items()
+                   if w.in_perform and w.current is not None and not w.current.abandoned}
+        units = [w.current for w in running.values()]
         for unit in units:
             unit.abandoned = True
-        pushed = self._push_back(units) if units else 0
+        interrupted = [self.greenlets[i] for i in running if not self.greenlets[i].dead]
+        for greenlet in interrupted:
+            greenlet.kill(Shutdown("shutdown deadline passed"), block=False)
+        gevent.joinall(interrupted, timeout=KILL_WAIT_S)
+        unfinished = [unit for unit in units if not unit.performed]
+        pushed = self._push_back(unfinished) if unfinished else 0
         log.warning("hard shutdown: pushed %d running job(s) back to their queues", pushed)
-        for index, greenlet in self.greenlets.items():
-            if not greenlet.dead and self.workers[index].in_perform:
-                greenlet.kill(Shutdown("shutdown deadline passed"), block=False)
         # the others are idle in a fetch (it ends within --fetch-timeout) or finishing one of
         # our own writes: give them that long before the last resort
         gevent.joinall(self.alive(), timeout=self.fetcher.config.fetch_timeout + KILL_WAIT_S)

@@ -111,10 +111,11 @@ class Worker:
         try:
             self._perform(job_class, job)
         except BaseException as exc:  # any failure of user code takes the retry path
-            if unit.abandoned:  # the manager pushed the job back (Shutdown): never ack it
+            if unit.abandoned:  # hard shutdown: the manager pushes the job back
                 return "requeued"
             return self._record_failure(unit, exc, job, job_class)
-        if unit.abandoned:
+        unit.performed = True  # from here on the manager never pushes it back
+        if unit.pushed_back:
             return "requeued"
         self.acker.ack(unit)
         self.stats.processed += 1

@@ -332,3 +332,38 @@ def test_idle_workers_take_one_suspect_between_them(redis_client, make_launcher)
     assert redis_client.llen(quarantine) == 2
     assert redis_client.llen(KEYS.in_progress("default", launcher.identity)) == 1
     assert redis_client.llen(KEYS.queue("default")) == 10  # nothing else runs beside it
+
+
+def test_a_suspect_taken_with_its_reply_lost_is_pushed_back(redis_client, make_launcher):
+    """The LMOVE out of quarantine happened but its reply was lost: the job sits in our
+    in-progress list with no worker holding it, and our lease keeps other processes away.
+    The next round pushes it back to its queue (and fetches it) instead of leaving it
+    there until we exit."""
+    import redis
+
+    launcher = make_launcher(concurrency=1, fetch_timeout=0.2)
+    fetcher = launcher.fetcher
+    suspect = json.dumps({"name": "srv.ok", "args": ["suspect"], "jid": "s" * 24}).encode()
+    redis_client.rpush(KEYS.quarantine("default"), suspect)
+    fetcher.quarantine_waiting()
+    lmove = fetcher.client.lmove
+    calls = []
+
+    def reply_lost_once(*args):
+        calls.append(args)
+        result = lmove(*args)
+        if len(calls) == 1:
+            raise redis.TimeoutError("reply lost")
+        return result
+
+    fetcher.client.lmove = reply_lost_once
+    try:
+        unit = fetcher.fetch()
+    finally:
+        fetcher.client.lmove = lmove
+    assert len(calls) == 2  # the lost one, then one that found the quarantine empty
+    assert unit is not None and unit.raw == suspect
+    reserved = KEYS.in_progress("default", launcher.identity)
+    assert redis_client.lrange(reserved, 0, -1) == [suspect]  # reserved once, held now
+    assert redis_client.llen(KEYS.queue("default")) == 0
+    assert fetcher.held == {unit}

@@ -126,6 +126,56 @@ def test_stop_past_the_timeout_pushes_running_jobs_back(redis_client, make_launc
     assert_clean_exit(redis_client, launcher)
 
 
+@pytest.mark.parametrize("mode", [AT_LEAST_ONCE, AT_MOST_ONCE])
+def test_a_failure_being_recorded_at_the_deadline_is_not_pushed_back(redis_client, make_launcher,
+                                                                      mode):
+    """The deadline passes while a worker writes a failed job to the retry set (Redis
+    slow): that job is not pushed back as well, or it would run twice (its queue and
+    the retry set); the write finishes and the job is in the retry set only."""
+    launcher = make_launcher(concurrency=1, timeout=0.2, mode=mode)
+    recording = []
+    job_failed = launcher.retrier.job_failed
+
+    def slow_job_failed(*args, **kwargs):
+        recording.append(True)
+        gevent.sleep(0.6)  # past the 0.2 s shutdown timeout
+        return job_failed(*args, **kwargs)
+
+    launcher.retrier.job_failed = slow_job_failed
+    jid = jobs.Boom.enqueue("late")
+    launcher.start()
+    try:
+        wait_for(lambda: recording, what="the failure to be recorded")
+    finally:
+        launcher.stop()
+    assert redis_client.llen(QUEUE) == 0  # not pushed back
+    [entry] = redis_client.zrange(KEYS.retries("default"), 0, -1)
+    assert json.loads(entry)["jid"] == jid
+    assert_clean_exit(redis_client, launcher)
+
+
+def test_at_most_once_push_back_is_never_repeated_after_a_lost_reply(redis_client, make_launcher):
+    """At-most-once pushes back unconditionally, so a push back whose reply was lost
+    (it ran) must not be sent again: the job would be queued twice."""
+    import redis
+
+    launcher = make_launcher(concurrency=1, mode=AT_MOST_ONCE)
+    jid = jobs.Ok.enqueue("once")
+    unit = launcher.fetcher.fetch()
+    requeue = launcher.fetcher.scripts.requeue
+
+    def reply_lost(*args, **kwargs):
+        requeue(*args, **kwargs)
+        raise redis.TimeoutError("reply lost")
+
+    launcher.fetcher.scripts.requeue = reply_lost
+    with pytest.raises(redis.TimeoutError):
+        launcher.fetcher.requeue([unit])
+    assert launcher.fetcher.requeue([unit]) == 0  # the retry sends nothing
+    assert [json.loads(raw)["jid"] for raw in redis_client.lrange(QUEUE, 0, -1)] == [jid]
+    assert unit not in launcher.fetcher.held
+
+
 def test_hurry_cuts_the_wait_short(redis_client, make_launcher):
     launcher = make_launcher(concurrency=1, timeout=30.0)
     jid = jobs.Sleeper.enqueue(30)
