@@ -168,6 +168,33 @@ def test_missed_ticks_after_downtime_run_once_for_the_latest(redis_client, redis
     assert late.tick_once(ts(2025, 1, 1, 10, 30, 0)) == []
 
 
+def test_a_raising_client_middleware_costs_one_schedule_one_tick(redis_client, redis_url, caplog):
+    """A client middleware that raises for one schedule's jobs: that tick is logged and
+    skipped, the other schedule is enqueued, and the scheduler goes on ticking (before,
+    the error escaped the loop and the scheduler greenlet died in every process)."""
+    from jiggler_gevent import middleware
+
+    def picky(job_class, job, call_next):
+        if job["args"] == ["bad"]:
+            raise RuntimeError("needs a request context")
+        return call_next(job)
+
+    middleware.add_client(picky)
+    try:
+        schedules = [periodic.Schedule(job="per.beat", every=1, args=("bad",), name="bad"),
+                     periodic.Schedule(job="per.beat", every=1, args=("good",), name="good")]
+        [scheduler] = make_schedulers(redis_url, 1, schedules)
+        assert scheduler.tick_once(100.5) == []  # first sight: ticks recorded only
+        assert len(scheduler.tick_once(101.5)) == 1 and len(scheduler.tick_once(102.5)) == 1
+    finally:
+        middleware.remove(picky)
+    queued = [json.loads(raw)["args"] for raw in redis_client.lrange(KEYS.queue("default"), 0, -1)]
+    assert queued == [["good"], ["good"]]
+    assert caplog.text.count("periodic schedule=bad tick=") == 3  # the payload is built each time
+    assert caplog.text.count("Traceback") == 1  # the traceback once, then one line per tick
+    assert "RuntimeError: needs a request context" in caplog.text
+
+
 def test_unknown_job_is_skipped_without_claiming(redis_client, redis_url, caplog):
     [scheduler] = make_schedulers(redis_url, 1, [periodic.Schedule(job="per.nobody", every=1)])
     assert scheduler.tick_once(100.5) == [] and scheduler.tick_once(101.5) == []

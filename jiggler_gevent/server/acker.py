@@ -17,7 +17,7 @@ import gevent
 import redis
 from gevent.event import Event
 
-from .backoff import REDIS_ERRORS, Backoff
+from .backoff import Backoff
 from .fetcher import Fetcher, UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,14 @@ class Acker:
             try:
                 self.flush()
                 self._backoff.reset()
-            except REDIS_ERRORS as exc:
+            except Exception as exc:  # Redis errors, and any other: the loop must not die
                 if self._stopping and self._backoff.failures >= 5:
                     log.error("giving up on %d acks at shutdown: %s (the jobs stay reserved "
                               "and will run again)", len(self.pending), exc)
                     return
                 delay = self._backoff.next_delay()
-                log.warning("ack flush failed, retrying in %.2fs: %s", delay, exc)
+                log.warning("ack flush failed, retrying in %.2fs: %s: %s", delay,
+                            type(exc).__name__, exc)
                 gevent.sleep(delay)
 
     def stop(self) -> None:

@@ -2,7 +2,8 @@
 
 Owns the timing of the poller and the requeuer: their step runs every interval with
 ±50% jitter (so many processes do not act in lockstep), and after a Redis error the
-wait backs off from 0.5 s to 30 s instead. Must not know what a step does.
+wait backs off from 0.5 s to 30 s instead (after any other error too, logged with its
+traceback: the loop never dies). Must not know what a step does.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class IntervalLoop(abc.ABC):
                 delay = backoff.next_delay()
                 log.warning("%s failed, retrying in %.2fs: %s: %s", self.what, delay,
                             type(exc).__name__, exc)
+            except Exception:  # a loop that died would fail silently: log, back off, go on
+                delay = backoff.next_delay()
+                log.exception("%s failed unexpectedly, retrying in %.2fs", self.what, delay)
             self._wake.wait(delay)
 
     def stop(self) -> None:

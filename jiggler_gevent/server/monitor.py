@@ -184,6 +184,8 @@ class Monitor:
             except REDIS_ERRORS as exc:
                 log.warning("heartbeat failed (counts go with the next one): %s: %s",
                             type(exc).__name__, exc)
+            except Exception:  # a dead heartbeat loop would get our jobs recovered by others
+                log.exception("heartbeat failed unexpectedly (counts go with the next one)")
             self._wake.wait(self.config.stats_interval)
 
     def stop(self) -> None:

@@ -57,17 +57,30 @@ class PeriodicScheduler:
         self._claim = client.register_script(script_source("periodic_claim"))
         self._next: dict[str, float] = {}  # schedule name -> earliest time worth a look
         self._warned: set[str] = set()
+        self._failed: set[str] = set()  # schedules whose failure was logged with a traceback
         self.stopping = False
 
     def tick_once(self, now: Optional[float] = None) -> list[str]:
         """Claim every tick due at ``now``; returns the jids this process pushed.
-        Redis errors propagate (the driver backs off)."""
+        Redis errors propagate (the driver backs off). Any other error (a client
+        middleware raising, a payload that cannot be encoded) costs that schedule this
+        tick only: it is logged, and the other schedules go on."""
         now = time.time() if now is None else now
         pushed = []
         for schedule in self.schedules:
             if now < self._next.get(schedule.name, -math.inf):
                 continue
-            jid = self._claim_tick(schedule, schedule.latest(now))
+            tick = schedule.latest(now)
+            try:
+                jid = self._claim_tick(schedule, tick)
+            except REDIS_ERRORS:
+                raise
+            except Exception as exc:
+                jid = None
+                first = schedule.name not in self._failed
+                self._failed.add(schedule.name)
+                log.error("periodic schedule=%s tick=%.3f not enqueued: %s: %s", schedule.name,
+                          tick, type(exc).__name__, exc, exc_info=first)
             self._next[schedule.name] = schedule.next_after(now)
             if jid is not None:
                 pushed.append(jid)
@@ -153,6 +166,9 @@ class PeriodicScheduler:
             except REDIS_ERRORS as exc:
                 delay = backoff.next_delay()
                 log.warning("periodic: Redis error, retrying in %.2fs: %s", delay, exc)
+            except Exception:  # never let the scheduler die silently
+                delay = backoff.next_delay()
+                log.exception("periodic: unexpected error, retrying in %.2fs", delay)
             gevent.sleep(delay)
 
     def stop(self) -> None:
