@@ -111,10 +111,24 @@ class Launcher:
             self._services.append(greenlet)
         if self.supervisor is not None:
             self.supervisor.start()
-        self.manager.start()
+        if self.monitor.registered.is_set() or not self.fetcher.reliable:
+            self.manager.start()
+        else:
+            # a job reserved into a list no heartbeat registered yet would be lost if we
+            # died now: no requeuer could find that list
+            log.warning("workers wait for the first heartbeat to register this process")
+            self._services.append(gevent.spawn(self._start_when_registered))
         log.info("jiggler-gevent started identity=%s pid=%d queues=%s concurrency=%d mode=%s",
                  self.identity, os.getpid(), ",".join(self.config.queue_names),
                  self.config.concurrency, self.config.mode)
+
+    def _start_when_registered(self) -> None:
+        while not self.monitor.registered.wait(1.0):
+            if self.manager.stopping:
+                return
+        if not self.manager.stopping:
+            log.info("registered: workers start")
+            self.manager.start()
 
     def run(self) -> int:
         """Start, wait for a stop request, stop; returns the exit code (0)."""

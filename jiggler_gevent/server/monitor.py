@@ -77,6 +77,8 @@ class Monitor:
         self._batch = 0
         self.stopping = False
         self._wake = Event()
+        # set by the first beat that registered our in-progress lists and leased them
+        self.registered = Event()
 
     def info(self, now: float) -> dict:
         """The fields of this process's info hash."""
@@ -140,6 +142,7 @@ class Monitor:
                 for lease in self.lease_keys:
                     pipe.set(lease, now, px=ttl_ms)
                 pipe.execute()
+        self.registered.set()  # our lists are findable and leased: safe to reserve jobs
         if failure is not None:
             raise failure
 

@@ -228,3 +228,35 @@ def test_launcher_runs_a_batch_end_to_end_in_process(redis_client, make_launcher
     assert redis_client.get(KEYS.processed) == b"200"
     assert redis_client.get(KEYS.failures) == b"1"
     assert_clean_exit(redis_client, launcher)
+
+
+def test_workers_wait_for_a_first_heartbeat_that_registers_the_process(redis_client,
+                                                                        make_launcher):
+    """The first heartbeat failed: until one succeeds, no job is reserved (a job moved
+    into an in-progress list that no heartbeat registered would be lost if the process
+    died then: no requeuer could find the list)."""
+    import redis
+
+    launcher = make_launcher(concurrency=2, stats_interval=0.3)
+    beat_once = launcher.monitor.beat_once
+    beats = []
+
+    def first_beat_fails(*args):
+        beats.append(1)
+        if len(beats) == 1:
+            raise redis.ConnectionError("Redis is failing over")
+        return beat_once(*args)
+
+    launcher.monitor.beat_once = first_beat_fails
+    jid = jobs.Ok.enqueue("after registration")
+    launcher.start()
+    try:
+        assert launcher.manager.greenlets == {}  # no worker yet
+        assert redis_client.llen(QUEUE) == 1
+        wait_for(lambda: jobs.events("ok"), what="the job to run after the next beat")
+        assert len(beats) >= 2 and jobs.events("ok")[0][1] == jid
+        assert redis_client.hget(KEYS.reservations,
+                                 KEYS.in_progress("default", launcher.identity)) is not None
+    finally:
+        launcher.stop()
+    assert_clean_exit(redis_client, launcher)
