@@ -127,9 +127,11 @@ class Monitor:
         if errors:  # EXEC ran; a command inside failed (e.g. a key of the wrong type)
             log.error("heartbeat: %d command(s) failed inside EXEC: %s", len(errors), errors[0])
         commands = replies[3] if isinstance(replies[3], list) else []
+        seen = set()  # two clicks on "stop" before one beat are one stop, not stop + hurry
         for command in reversed(commands):  # LPUSHed: the oldest is on the right
             text = command.decode("utf-8", "replace") if isinstance(command, bytes) else command
-            if text in ("quiet", "stop"):
+            if text in ("quiet", "stop") and text not in seen:
+                seen.add(text)
                 log.info("received %r through Redis", text)
                 self.on_command(text)
         failure: Optional[BaseException] = None

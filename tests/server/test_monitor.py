@@ -170,3 +170,15 @@ def test_a_failed_counter_script_keeps_the_counts_and_still_refreshes_the_leases
     launcher.monitor.beat_once()
     assert redis_client.get(KEYS.processed) == b"3"
     assert launcher.monitor.unconfirmed_counts() == (0, 0)
+
+
+def test_commands_sent_twice_before_a_beat_act_once(redis_client, make_launcher):
+    """Two clicks on "stop" (and one on "quiet") before the next beat: one stop, not a
+    stop and then a hurry."""
+    launcher = make_launcher()
+    received = []
+    launcher.monitor.on_command = received.append
+    redis_client.lpush(KEYS.signals(launcher.identity), "stop", "quiet", "stop", "bogus")
+    launcher.monitor.beat_once()
+    assert received == ["stop", "quiet"]  # the oldest first
+    assert not redis_client.exists(KEYS.signals(launcher.identity))
