@@ -40,3 +40,29 @@ class PgSleepPastTimeout(PgSleep):
     name = "pg.sleep_past_timeout"
     timeout = 1
     retries = 1
+
+
+class PgCopy(Job):
+    """COPY, which psycopg2 refuses in green mode: ``use_blocking`` steps out of it."""
+
+    name = "pg.copy"
+    retries = 0
+
+    def perform(self, rows, use_blocking):
+        import io
+
+        from jiggler_gevent.green import blocking_psycopg2
+
+        record(self.jid, "start")
+        conn = connect()
+        try:
+            with conn, conn.cursor() as cur:
+                data = io.StringIO("".join(f"{n}\n" for n in rows))
+                if use_blocking:
+                    with blocking_psycopg2():
+                        cur.copy_expert("COPY copied (n) FROM STDIN", data)
+                else:
+                    cur.copy_expert("COPY copied (n) FROM STDIN", data)
+        finally:
+            conn.close()
+        record(self.jid, "end")

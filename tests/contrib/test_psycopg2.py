@@ -1,6 +1,7 @@
 """psycopg2 under the worker, against a real PostgreSQL the test starts: queries of
 many jobs overlap (the wait callback of ``jiggler_gevent.green``), they serialize with
-``--no-green-psycopg2``, and a job timeout cancels its query on the server."""
+``--no-green-psycopg2``, a job timeout interrupts its query and closes its connection,
+COPY works inside ``blocking_psycopg2()``, and Django's ORM on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -68,6 +69,22 @@ def active_sleeps(postgres) -> int:
     return count
 
 
+def where_is(redis_client, jid: str):
+    """Where the job is (queue, retries, scheduled, dead), or None."""
+    from jiggler_gevent.api import Api
+
+    found = Api(redis_client).find_job(jid)
+    return None if found is None else found.where
+
+
+def pg_count(postgres, sql: str) -> int:
+    with psycopg2.connect(postgres.dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        count = cur.fetchone()[0]
+    conn.close()
+    return count
+
+
 def test_queries_of_many_jobs_overlap(pg_worker, redis_client):
     import pgjobs
 
@@ -92,7 +109,11 @@ def test_no_green_psycopg2_leaves_queries_blocking(pg_worker, redis_client):
     stop(worker)
 
 
-def test_job_timeout_cancels_the_query_on_the_server(pg_worker, redis_client, postgres):
+def test_job_timeout_interrupts_the_query_and_closes_its_connection(pg_worker, redis_client,
+                                                                     postgres):
+    """A query past its job's timeout: the job takes the retry path as JobTimeout (not
+    as the InterfaceError its ``with conn:`` raised over it), its connection is closed
+    (the server, checking every 0.5 s here, ends the backend), and the worker goes on."""
     import pgjobs
 
     from jiggler_gevent.api import Api
@@ -100,15 +121,41 @@ def test_job_timeout_cancels_the_query_on_the_server(pg_worker, redis_client, po
     worker, ledger = pg_worker("-c", "5")
     [jid] = pgjobs.PgSleepPastTimeout.enqueue_bulk([[60]])
     wait_until(lambda: jid in ledger.started(), 15, "the long query to start", worker)
-    wait_until(lambda: Api(redis_client).find_job(jid) is not None
-               and Api(redis_client).find_job(jid).where == "retries", 15,
+    wait_until(lambda: where_is(redis_client, jid) == "retries", 15,
                "the timed-out job in the retry set", worker)
     found = Api(redis_client).find_job(jid)
     assert found.field("error_class") == "JobTimeout", found.job
-    wait_until(lambda: active_sleeps(postgres) == 0, 5, "the query to be cancelled", worker)
+    wait_until(lambda: active_sleeps(postgres) == 0, 10, "the server to end the query", worker)
     # the worker goes on: a query after the interrupted one runs
     [after] = pgjobs.PgSleep.enqueue_bulk([[0.1]])
     wait_until(lambda: after in ledger.ended(), 15, "a query after the timeout", worker)
+    stop(worker)
+
+
+def test_copy_needs_blocking_psycopg2_in_green_mode(pg_worker, redis_client, postgres):
+    """psycopg2 refuses COPY in green mode with a clear error (the job fails, into the
+    dead set here as it has no retries); inside ``blocking_psycopg2()`` it works."""
+    import pgjobs
+
+    from jiggler_gevent.api import Api
+
+    with psycopg2.connect(postgres.dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS copied (n int)")
+        cur.execute("TRUNCATE copied")
+    conn.close()
+    worker, ledger = pg_worker("-c", "2")
+    [refused] = pgjobs.PgCopy.enqueue_bulk([[[1, 2, 3], False]])
+    wait_until(lambda: where_is(redis_client, refused) == "dead", 15,
+               "the refused COPY in the dead set", worker)
+    entry = Api(redis_client).find_job(refused)
+    assert entry.field("error_class") == "ProgrammingError"
+    assert "asynchronous callback" in entry.field("error_message")
+    [copied] = pgjobs.PgCopy.enqueue_bulk([[[4, 5, 6], True]])
+    wait_until(lambda: copied in ledger.ended(), 15, "the COPY in blocking mode", worker)
+    assert pg_count(postgres, "SELECT count(*) FROM copied") == 3
+    # and the callback is back: queries of many jobs still overlap afterwards
+    jids = pgjobs.PgSleep.enqueue_bulk([[0.5] for _ in range(2)])
+    wait_until(lambda: ledger.ended() >= set(jids), 15, "two queries", worker)
     stop(worker)
 
 
@@ -134,14 +181,6 @@ def test_patch_keeps_a_callback_the_app_installed():
 
 
 # -- Django's ORM on PostgreSQL --------------------------------------------------------------
-
-
-def pg_count(postgres, sql: str) -> int:
-    with psycopg2.connect(postgres.dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql)
-        count = cur.fetchone()[0]
-    conn.close()
-    return count
 
 
 def test_django_orm_on_postgres_from_many_greenlets(django_setup, start_worker, postgres,
