@@ -36,6 +36,7 @@ except ImportError:  # pragma: no cover - reported when the app is built
 
 QUEUE = r"(?P<queue>[A-Za-z0-9_.\-]{1,128})"
 SET = r"(?P<set>retries|scheduled|dead)"
+JID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 REF = r"(?P<ref>[A-Za-z0-9_.\-]{1,128}:(?:-?[0-9][0-9.e+\-]{0,30}|-?inf):[0-9a-f]{40})"
 STATIC_FILES = {"dashboard.js": "text/javascript; charset=utf-8",
                 "dashboard.css": "text/css; charset=utf-8"}
@@ -245,7 +246,18 @@ class Dashboard:
         self.api.delete(set, ref)
         return self.back(request, f"/{set}", "deleted", queue)
 
-    @_route("GET", r"/jobs/(?P<jid>[A-Za-z0-9_.\-]{1,64})")
+    @_route("GET", r"/search")
+    def search(self, request: Request) -> Response:
+        """The header's search box: a jid (pasted from a log line, say) opens its job."""
+        jid = request.arg("jid").strip()
+        if not jid:
+            return Response.redirect(f"{request.root}/")
+        if not JID_PATTERN.fullmatch(jid):
+            raise _api.NotFound(f"{jid[:70]!r} is not a job id (letters, digits, '_', '.', "
+                                "'-'; at most 64)")
+        return Response.redirect(f"{request.root}/jobs/{jid}")
+
+    @_route("GET", r"/jobs/(?P<jid>" + JID_PATTERN.pattern + ")")
     def job(self, request: Request, jid: str) -> Response:
         entry = self.api.find_job(jid)
         if entry is None:

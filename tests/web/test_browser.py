@@ -37,6 +37,7 @@ from selenium.common.exceptions import (  # noqa: E402
     StaleElementReferenceException,
 )
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -136,7 +137,9 @@ def test_overview_live_chart_and_retry_dead_job(browser, web_server, redis_clien
     assert "queue=low" in browser.current_url  # back to the narrowed listing
     assert Api(redis_client).find_job("low1").where == "queue"
 
-    browser.get(server.url + "/jobs/retry1")
+    search = browser.find_element(By.CSS_SELECTOR, 'form.search input[name="jid"]')
+    search.send_keys(" retry1" + Keys.ENTER)  # a jid pasted from a log line
+    wait.until(lambda d: d.current_url.endswith("/jobs/retry1"))
     assert "Backtrace" in browser.find_element(By.TAG_NAME, "body").text
     no_alert(browser)
     screenshot(browser, "job-detail")

@@ -140,12 +140,28 @@ def test_static_files(client):
     "/dead/%3Cb%3E:1.5:" + "0" * 40, "/dead/" + "q" * 129 + ":1:" + "0" * 40,
     "/jobs/nope", "/jobs/%3Cscript%3E", "/jobs/" + "a" * 65, "/busy/x", "/processes",
     "/dead/mail:1e999999:" + "0" * 40, "/%00", "/queues/mail/../../etc/passwd",
-    "/dead?queue=%3Cscript%3E", "/dead?queue=a:b",
+    "/dead?queue=%3Cscript%3E", "/dead?queue=a:b", "/search?jid=%3Cscript%3E",
+    "/search?jid=" + "a" * 65, "/search?jid=a%2Fb",
 ])
 def test_hostile_paths_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
     check_safe_html(response.text)
+
+
+def test_search_box_opens_the_job_of_a_jid(client, redis_client):
+    seed(redis_client)
+    body = client.get("/").text
+    assert '<form class="search" action="/search" method="get" role="search">' in body
+    found = client.get("/search?jid=%20dead1%20")  # pasted with spaces around it
+    assert found.status_code == 303 and found.headers["Location"] == "/jobs/dead1"
+    assert "dead1" in client.get(found.headers["Location"]).text
+    missing = client.get("/search?jid=gone123", follow_redirects=True)
+    assert missing.status_code == 404 and "no job &#39;gone123&#39;" in missing.text
+    empty = client.get("/search?jid=")
+    assert empty.status_code == 303 and empty.headers["Location"] == "/"
+    bad = client.get("/search?jid=%3Cscript%3E")
+    assert bad.status_code == 404 and "is not a job id" in bad.text and "<script>" not in bad.text
 
 
 def test_periodic_page_without_schedules_says_how_to_declare_them(client):
@@ -314,7 +330,8 @@ def test_pager_keeps_the_queue_filter(client, redis_client):
     body = client.get("/dead?queue=low&count=1&page=2").text
     assert "page 2 of 3" in body
     assert "?page=1&amp;count=1&amp;queue=low" in body and "?page=3&amp;count=1&amp;queue=low" in body
-    forms = re.findall(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', body, re.S)
+    forms = re.findall(r'<form[^>]*method="post"[^>]*action="([^"]+)"[^>]*>(.*?)</form>', body,
+                       re.S)  # the actions (not the header's search box)
     assert forms and all('name="queue" value="low"' in inner for _, inner in forms)
 
 
