@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Extra packages to install into the venv (none needed: setup.cfg's extras list them).
 TEST_EXTRA_PACKAGES ?=
 
-.PHONY: venv demo test lint bench bench-cluster clean
+.PHONY: venv demo test lint bench bench-cluster bench-postgres clean
 
 venv: $(VENV_STAMP)
 
@@ -43,6 +43,11 @@ bench: venv
 # -p 2, each next to its raw BRPOP loop (about 4 minutes; BENCH_ARGS="--quick": 40 s).
 bench-cluster: venv
 	$(VENV_PYTHON) bench/cluster.py $(BENCH_ARGS)
+
+# psycopg2 jobs (SELECT pg_sleep) at -c 100 next to a raw greenlet loop, and with
+# --no-green-psycopg2; needs PostgreSQL's server binaries (apt-get install postgresql).
+bench-postgres: venv
+	$(VENV_PYTHON) bench/postgres.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist .pytest_cache .ruff_cache .hypothesis test-artifacts *.egg-info

@@ -4,6 +4,8 @@
 * ``HttpGet(url)`` does one blocking ``urllib.request`` GET (no gevent import here:
   the worker's monkey-patching makes it cooperative).
 * ``Fib(n)`` computes ``fib(n)`` naively: CPU-bound, never yields.
+* ``PgSleep(dsn, seconds, key)`` runs ``SELECT pg_sleep(seconds)`` through psycopg2
+  on its greenlet's own connection, then INCRs the Redis counter ``key``.
 * ``Latency(sent_at, key)`` records ``"<sent_at> <time.time() at start>"`` in the
   Redis list ``key`` (through the client jobs enqueue with), for enqueue->start latency.
 
@@ -57,3 +59,13 @@ class Latency(Job):
     def perform(self, sent_at, key):
         started = time.time()
         connection.settings.client.rpush(key, f"{sent_at!r} {started!r}")
+
+
+class PgSleep(Job):
+    """A query that waits on PostgreSQL, through psycopg2 (``bench/postgres.py``)."""
+
+    name = "bench.pg_sleep"
+
+    def perform(self, dsn, seconds, key):
+        workloads.pg_sleep(dsn, seconds)
+        connection.settings.client.incr(key)

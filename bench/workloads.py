@@ -26,3 +26,25 @@ def http_get(url: str) -> int:
 def fib(n: int) -> int:
     """Naive recursive Fibonacci: pure CPU, never yields to the gevent hub."""
     return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+_pg = None  # set on first use: a greenlet-local holder of one psycopg2 connection
+
+
+def pg_sleep(dsn: str, seconds: float) -> None:
+    """``SELECT pg_sleep(seconds)`` on this greenlet's own psycopg2 connection (kept, as an
+    app with persistent connections keeps them; ``threading.local`` is per greenlet once
+    gevent has patched it)."""
+    global _pg
+    import threading
+
+    import psycopg2
+
+    if _pg is None:
+        _pg = threading.local()
+    conn = getattr(_pg, "conn", None)
+    if conn is None or conn.closed:
+        conn = _pg.conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", (seconds,))
