@@ -30,6 +30,7 @@ from . import migrate as _migrate
 from .config import default_redis_url
 from .connection import describe_url, make_client, ping
 from .errors import ConfigError, RedisUnavailable
+from .keys import valid_queue_name
 
 SUBCOMMANDS = ("stats", "periodic", "retry-dead", "delete-dead", "retry", "delete-retries", "kill",
                "clear-queue", "quiet", "stop", "clean", "migrate-keys", "web")
@@ -50,8 +51,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="key namespace of the workers (env JIGGLER_NAMESPACE)")
 
 
+def _queue_name(text: str) -> str:
+    """An argparse type: a valid queue name, else a usage error (an empty ``--queue "$Q"``
+    must never widen a command to every queue)."""
+    if not valid_queue_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{text[:130]!r} is not a queue name (1 to 128 of letters, digits, '_', '.', '-')")
+    return text
+
+
 def _queue_filter(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--queue", metavar="NAME", default=None,
+    parser.add_argument("--queue", metavar="NAME", default=None, type=_queue_name,
                         help=f"only the {what} of this queue (default: every queue's)")
 
 
@@ -80,14 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = sub.add_parser("kill", help="move jobs of the retry or scheduled set to the dead set")
     cmd.add_argument("jids", nargs="+", metavar="JID")
     cmd = sub.add_parser("clear-queue", help="delete every pending job of a queue")
-    cmd.add_argument("queue", metavar="NAME")
+    cmd.add_argument("queue", metavar="NAME", type=_queue_name)
     cmd.add_argument("--yes", action="store_true", help="do not ask")
     for name, what in (("quiet", "stop taking new jobs"), ("stop", "shut down as on TERM")):
         cmd = sub.add_parser(name, help=f"ask a worker process to {what}")
         cmd.add_argument("identity", metavar="ID", help="process identity (see `stats`)")
     cmd = sub.add_parser("clean", help="delete jobs: one queue, all queues, or all our keys")
     what = cmd.add_mutually_exclusive_group(required=True)
-    what.add_argument("--queue", metavar="NAME", help="delete this queue's pending jobs")
+    what.add_argument("--queue", metavar="NAME", type=_queue_name,
+                      help="delete this queue's pending jobs")
     what.add_argument("--all-queues", action="store_true", help="every queue's pending jobs")
     what.add_argument("--everything", action="store_true",
                       help="every key under the namespace (stop the workers first)")
@@ -257,7 +268,7 @@ def _signal(api: _api.Api, args: argparse.Namespace) -> int:
 
 def _clean(api: _api.Api, args: argparse.Namespace) -> int:
     cleaner = _api.Cleaner(api.client, api.keys.namespace)
-    if args.queue:
+    if args.queue is not None:
         if not _confirm(args, f"delete every pending job of queue {args.queue!r}"):
             return EXIT_ERROR
         print(f"deleted {cleaner.prune_queue(args.queue)} job(s)")
@@ -265,11 +276,13 @@ def _clean(api: _api.Api, args: argparse.Namespace) -> int:
         if not _confirm(args, "delete the pending jobs of every queue"):
             return EXIT_ERROR
         print(f"deleted {cleaner.prune_all_queues()} job(s)")
-    else:
+    elif args.everything:
         patterns = " and ".join(cleaner.patterns())
         if not _confirm(args, f"delete every key matching {patterns}"):
             return EXIT_ERROR
         print(f"deleted {cleaner.prune_all()} key(s) matching {patterns}")
+    else:  # argparse requires one of the three: never reached
+        raise AssertionError("clean: no target")
     return 0
 
 

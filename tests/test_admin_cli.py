@@ -134,8 +134,9 @@ def test_retry_dead_by_jid_and_all(run, redis_client):
     assert status == 0 and "moved 1 job(s)" in out and "1 entr(ies) are not runnable" in out
     assert redis_client.llen(keys.queue("mail")) == 2
     assert redis_client.zcard(keys.dead("mail")) == 1
-    status, _, err = run("retry-dead", "--all", "--queue", "bad:name")
-    assert status == 1 and "no such queue" in err
+    with pytest.raises(SystemExit) as exit_info:  # a usage error, before touching Redis
+        run("retry-dead", "--all", "--queue", "bad:name")
+    assert exit_info.value.code == 2
 
 
 def test_retry_and_kill(run, redis_client):
@@ -194,6 +195,23 @@ def test_clean(run, redis_client):
     assert status == 0
     assert "deleted 2 key(s) matching {app3:jiggler}* and {app3:jiggler:q:*" in out
     assert sorted(redis_client.keys("*")) == sorted([Keys("").processed.encode(), b"unrelated"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["clean", "--queue", "", "--yes"], ["clean", "--queue", "a:b", "--yes"],
+    ["clear-queue", "", "--yes"], ["retry-dead", "--all", "--queue", ""],
+    ["delete-dead", "--queue", "{x}", "--yes"]])
+def test_a_bad_or_empty_queue_name_is_a_usage_error_that_deletes_nothing(run, redis_client,
+                                                                         capsys, argv):
+    """``clean --queue "$Q"`` with Q unset once fell through to ``--everything``."""
+    ours = Keys()
+    redis_client.lpush(ours.queue("a"), b"x")
+    redis_client.zadd(ours.dead("a"), {b"y": 1})
+    with pytest.raises(SystemExit) as exit_info:
+        admin.main(argv)
+    assert exit_info.value.code == 2
+    assert "is not a queue name" in capsys.readouterr().err
+    assert redis_client.llen(ours.queue("a")) == 1 and redis_client.zcard(ours.dead("a")) == 1
 
 
 def test_errors_are_one_line(run):
