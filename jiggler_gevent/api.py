@@ -228,6 +228,22 @@ class Entry:
         return _number(self.field(name))
 
     @property
+    def runnable_job(self) -> Optional[dict]:
+        """The job a retry-now pushes: the entry itself, or, for an entry that wraps the
+        job's original bytes in ``raw`` (a ``PoisonPill`` buried by the requeuer), that
+        job decoded (None when those bytes are not a job object)."""
+        if not self.job:
+            return None
+        raw = self.job.get("raw")
+        if not isinstance(raw, str):
+            return self.job
+        try:
+            wrapped = ujson.loads(raw)
+        except (ValueError, OverflowError, RecursionError):
+            return None
+        return wrapped if isinstance(wrapped, dict) else None
+
+    @property
     def runnable_queue(self) -> Optional[str]:
         """The queue a retry-now sends it to, or None when it is not a runnable job.
 
@@ -235,12 +251,13 @@ class Entry:
         would move it: a retry already sits in its ``retry_queue``'s set). A dead entry
         goes to the queue named in the job, else to the queue whose dead set holds it.
         """
-        if not self.job or not isinstance(self.field("name"), str) or not self.field("name"):
+        job = self.runnable_job
+        if job is None or not isinstance(job.get("name"), str) or not job.get("name"):
             return None
         if self.where in ("retries", "scheduled"):
             queue = self.queue_name
         else:
-            queue = self.field("queue")
+            queue = job.get("queue")
             if queue is None:
                 queue = self.queue_name or DEFAULT_QUEUE
         return queue if valid_queue_name(queue) else None
@@ -701,7 +718,7 @@ class Api:
         if queue is None:
             why = entry.problem or "no name or no valid queue"
             raise AdminError(f"entry {entry.ref} is not a runnable job ({why}); delete it instead")
-        job = dict(entry.job or {})
+        job = dict(entry.runnable_job or {})  # a poison pill's own bytes, not its wrapper
         job["enqueued_at"] = now  # so the queue's latency counts from now
         job.pop("retry_at", None)
         member = ujson.dumps(job, ensure_ascii=False, escape_forward_slashes=False).encode(

@@ -12,6 +12,7 @@ import gevent
 from jiggler_gevent.keys import Keys
 
 from . import jobs
+from .helpers import new_worker
 
 KEYS = Keys()
 
@@ -95,6 +96,20 @@ def test_a_job_recovered_too_often_is_a_poison_pill(redis_client, make_launcher)
     assert entry["error_class"] == "PoisonPill" and entry["jid"] == jid
     assert json.loads(entry["raw"])["jid"] == jid, "the payload is kept as it was"
     assert redis_client.llen(KEYS.queue("default")) == 0
+
+    # "Retry now" on it pushes the job itself (its own args), not the dead-set wrapper
+    from jiggler_gevent.api import Api
+
+    api = Api(redis_client)
+    [buried] = api.set_page("dead").entries
+    assert api.retry_now("dead", buried.ref) == "default"
+    (pushed,) = redis_client.lrange(KEYS.queue("default"), 0, -1)
+    pushed = json.loads(pushed)
+    assert (pushed["name"], pushed["jid"], pushed["args"]) == ("srv.ok", jid, ["killer"])
+    assert "error_class" not in pushed and "raw" not in pushed
+    runner = make_launcher(concurrency=1)
+    assert new_worker(runner).process(runner.fetcher.fetch()) == "ok"
+    assert jobs.events("ok") == [("ok", jid, "killer", "default", 0)]
 
 
 def test_a_suspect_runs_alone_and_the_others_wait(redis_client, make_launcher):
