@@ -772,6 +772,7 @@ class Api:
         now = time.time() if now is None else now
         moved = skipped = 0
         registered: set[str] = set()
+        retried: set[str] = set()  # jids moved by this call
         for source_queue, key in self.set_keys(name, queue):
             stayed = 0  # entries left at the start of this set
             while True:
@@ -780,12 +781,17 @@ class Api:
                     break
                 for member, score in rows:
                     entry = Entry.decode(member, name, float(score), queue_name=source_queue)
-                    if entry.runnable_queue is None:
+                    jid = entry.field("jid")
+                    if entry.runnable_queue is None or (isinstance(jid, str) and jid in retried):
+                        # not runnable, or a job this call moved that failed again since
+                        # (with live workers, walking on would retry it over and over)
                         stayed += 1
                         continue
                     try:
                         self._retry_entry(entry, now, registered)
                         moved += 1
+                        if isinstance(jid, str):
+                            retried.add(jid)
                     except NotFound:
                         pass  # moved meanwhile by a poller or another admin
             skipped += stayed

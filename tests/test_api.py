@@ -371,6 +371,29 @@ def test_kill_delete_and_bulk(api, redis_client):
 BATCH_PLUS = 520  # more than one ZRANGE batch of retry_all
 
 
+def test_retry_all_retries_each_job_once_while_workers_fail_them_again(api, redis_client,
+                                                                      monkeypatch):
+    """Live workers run the retried jobs at once and bury them again, ahead of the walk
+    (a dead job's retries are spent): each is retried once, and the call ends."""
+    n = BATCH_PLUS
+    put(redis_client, api.keys, "dead", "w", {failed(job(jid=f"w{i}", queue="w")): i for i in range(n)})
+    retry_entry = api._retry_entry
+    reburied = []
+
+    def retry_and_fail_again(entry, now, registered=None):
+        queue = retry_entry(entry, now, registered)
+        raw = redis_client.rpop(api.keys.queue(queue))  # a worker takes it, it fails again
+        again = failed(ujson.loads(raw), "still broken")
+        redis_client.zadd(api.keys.dead(queue), {again: 10_000 + len(reburied)})
+        reburied.append(entry.field("jid"))
+        return queue
+
+    monkeypatch.setattr(api, "_retry_entry", retry_and_fail_again)
+    assert api.retry_all("dead") == (n, n)  # n moved; their n new failures stay
+    assert sorted(reburied) == sorted(f"w{i}" for i in range(n))
+    assert redis_client.zcard(api.keys.dead("w")) == n
+
+
 def test_bulk_actions_narrowed_to_one_queue(api, redis_client):
     put(redis_client, api.keys, "dead", "a", {failed(job(jid="a1", queue="a")): 1})
     put(redis_client, api.keys, "dead", "b", {failed(job(jid="b1", queue="b")): 1,
