@@ -27,7 +27,7 @@ from ..config import default_redis_url
 from ..connection import make_client
 from ..keys import valid_queue_name
 from ..version import __version__
-from .http import CSRF_FIELD, Request, Response
+from .http import CSRF_FIELD, BadRequest, Request, Response
 
 try:
     import jinja2
@@ -98,7 +98,11 @@ class Dashboard:
     def wsgi_app(self, environ: dict, start_response: Callable) -> list[bytes]:
         request = Request(environ)
         try:
+            if request.problem is not None:
+                raise BadRequest(request.problem)
             response = self.dispatch(request)
+        except BadRequest as exc:
+            response = self.error(request, 400, str(exc))
         except _api.NotFound as exc:
             response = self.error(request, 404, str(exc))
         except _api.AdminError as exc:

@@ -19,6 +19,7 @@ from ..api import clamp
 CSRF_COOKIE = "jiggler_csrf"
 CSRF_FIELD = "csrf_token"
 MAX_FORM_BYTES = 64 * 1024
+MAX_FIELDS = 50  # query parameters or form fields; more is a 400
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -34,6 +35,10 @@ STATUS_TEXT = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthoriz
                409: "Conflict", 413: "Payload Too Large", 503: "Service Unavailable"}
 
 
+class BadRequest(Exception):
+    """A request that cannot be read (too many fields): answered with a 400."""
+
+
 class Request:
     """One request, read from its WSGI environ."""
 
@@ -42,7 +47,12 @@ class Request:
         self.method = environ.get("REQUEST_METHOD", "GET").upper()
         self.root = environ.get("SCRIPT_NAME", "").rstrip("/")  # where we are mounted
         self.path = environ.get("PATH_INFO", "") or "/"
-        self.query = parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=50)
+        self.problem: Optional[str] = None  # set when the request cannot be read: a 400
+        try:
+            self.query = parse_qs(environ.get("QUERY_STRING", ""), max_num_fields=MAX_FIELDS)
+        except ValueError:
+            self.query = {}
+            self.problem = f"more than {MAX_FIELDS} query parameters"
         self._form: Optional[dict] = None
         self.cookies = _parse_cookies(environ.get("HTTP_COOKIE", ""))
         self.new_csrf_token: Optional[str] = None
@@ -64,7 +74,10 @@ class Request:
             ctype = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
             if 0 < length <= MAX_FORM_BYTES and ctype == "application/x-www-form-urlencoded":
                 body = self.environ["wsgi.input"].read(length)
-                parsed = parse_qs(body.decode("latin-1"), max_num_fields=50)
+                try:
+                    parsed = parse_qs(body.decode("latin-1"), max_num_fields=MAX_FIELDS)
+                except ValueError:
+                    raise BadRequest(f"more than {MAX_FIELDS} form fields") from None
                 self._form = {k: v[0] for k, v in parsed.items()}
         return self._form
 

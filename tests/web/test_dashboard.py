@@ -355,6 +355,20 @@ def test_quiet_and_stop_buttons(client, redis_client):
     assert post(client, "/busy/nobody/stop", token).status_code == 404
 
 
+def test_too_many_fields_is_a_400_that_changes_nothing(client, redis_client):
+    seed(redis_client)
+    many = "&".join(f"f{i}=1" for i in range(60))
+    response = client.get(f"/dead?{many}")
+    assert response.status_code == 400 and "more than 50 query parameters" in response.text
+    check_safe_html(response.text)
+    token = csrf(client)
+    ref = Api(redis_client).find_job("dead1").ref
+    extra = {f"f{i}": "1" for i in range(60)}
+    response = post(client, f"/dead/{ref}/delete", token, **extra)
+    assert response.status_code == 400 and "more than 50 form fields" in response.text
+    assert Api(redis_client).find_job("dead1") is not None
+
+
 def test_csrf_refusals_change_nothing(client, redis_client):
     token = csrf(client)
     ref = Api(redis_client).find_job("dead1").ref
