@@ -23,6 +23,7 @@ MAX_RETRIES = 10_000
 ERROR_MESSAGE_MAX_CHARS = 2_000
 MAX_NESTING = 200  # args deeper than this are refused at enqueue (JSON decoders stop near 1000)
 NAME_MAX_CHARS = 512
+MAX_JID_CHARS = 64
 
 Payload = dict  # a decoded, checked payload (a plain dict, see the README for its fields)
 
@@ -105,6 +106,10 @@ def build(
     with :func:`check_options`, as a bulk enqueue does once) the options."""
     if not options_checked:
         check_options(queue=queue, retries=retries, retry_queue=retry_queue)
+    if jid is not None and (type(jid) is not str or not 0 < len(jid) <= MAX_JID_CHARS):
+        # the worker would bury it as a PayloadError, never to run
+        raise EnqueueError(f"jid must be a string of 1 to {MAX_JID_CHARS} characters, "
+                           f"not {jid!r:.80}")
     payload = {
         "name": name,
         "args": check_json_args(list(args), "args"),
@@ -179,8 +184,9 @@ def loads(raw: bytes | str) -> dict:
     jid = payload.get("jid")
     if jid is None:
         payload["jid"] = new_jid()
-    elif type(jid) is not str or not 0 < len(jid) <= 64:
-        raise PayloadError("field 'jid' must be a string of 1 to 64 characters", raw)
+    elif type(jid) is not str or not 0 < len(jid) <= MAX_JID_CHARS:
+        raise PayloadError(f"field 'jid' must be a string of 1 to {MAX_JID_CHARS} characters",
+                           raw)
     if "retry_queue" in payload and payload["retry_queue"] is None:
         del payload["retry_queue"]  # null means "not set" for producers in other languages
     for field in ("queue", "retry_queue"):

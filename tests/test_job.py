@@ -296,6 +296,13 @@ def test_with_options_fixed_jid_and_unknown_option(redis_client):
         add.with_options(when="later")
 
 
+@pytest.mark.parametrize("jid", [42, "x" * 65, ["a"]])
+def test_a_fixed_jid_the_worker_would_refuse_is_refused_at_enqueue(redis_client, jid):
+    with pytest.raises(EnqueueError, match="jid must be a string of 1 to 64"):
+        SendMail.with_options(jid=jid).enqueue(1)
+    assert pushed(redis_client, "mail") == []
+
+
 @pytest.mark.parametrize("name", ["self", "cls", "seconds", "when"])
 def test_keyword_arguments_may_have_any_name(redis_client, name):
     Plain.enqueue(**{name: 1})
