@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+import time
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
 
@@ -126,11 +127,39 @@ class Schedule:
     def _cron(self, when: float):
         return croniter(self.cron, _dt.datetime.fromtimestamp(when, self._zone or _dt.timezone.utc))
 
+    def _from_wall(self, wall: float) -> float:
+        """Epoch seconds of a wall-clock time of this schedule's zone (given as seconds
+        since 1970-01-01 00:00 on that wall clock). A time the clock shows twice (when
+        daylight saving ends) is its first occurrence; one it skips (when it starts)
+        maps to just after the gap."""
+        if self._zone is None:
+            return wall
+        try:
+            naive = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=wall)
+            return naive.replace(tzinfo=self._zone).timestamp()
+        except (OverflowError, ValueError, OSError):  # beyond datetime's years
+            return wall - self._offset(time.time())
+
+    def _wall_ticks(self, now: float) -> tuple[float, float]:
+        """(latest, next) interval ticks around ``now``, on the zone's wall clock: a
+        schedule of ``every=86400, tz=...`` ticks at local midnight whatever the UTC
+        offset, so a change of offset neither repeats nor skips a tick."""
+        every = self.every
+        index = math.floor((now + self._offset(now)) / every)
+        latest = self._from_wall(index * every)
+        while latest > now:  # around an offset change the wall clock can run ahead
+            index -= 1
+            latest = self._from_wall(index * every)
+        following = self._from_wall((index + 1) * every)
+        while following <= latest or following <= now:  # a wall time the change skipped
+            index += 1
+            following = self._from_wall((index + 1) * every)
+        return latest, following
+
     def latest(self, now: float) -> float:
         """The most recent tick at or before ``now`` (epoch seconds)."""
         if self.every is not None:
-            offset = self._offset(now)
-            return math.floor((now + offset) / self.every) * self.every - offset
+            return self._wall_ticks(now)[0]
         previous = self._cron(now).get_prev(float)  # strictly before now
         following = self._cron(previous).get_next(float)
         return following if following <= now else previous
@@ -138,8 +167,7 @@ class Schedule:
     def next_after(self, now: float) -> float:
         """The first tick strictly after ``now``."""
         if self.every is not None:
-            tick = self.latest(now) + self.every
-            return tick if tick > now else tick + self.every
+            return self._wall_ticks(now)[1]
         return self._cron(now).get_next(float)
 
     def describe(self) -> dict:

@@ -64,6 +64,31 @@ def test_interval_is_aligned_to_midnight_in_its_time_zone():
     assert s.latest(ts(2025, 3, 1, 12, 45)) == ts(2025, 3, 1, 12, 30)
 
 
+def test_interval_in_a_time_zone_ticks_on_the_wall_clock_across_daylight_saving():
+    daily = periodic.Schedule(job="x", every=86400, tz=PARIS)
+    # local midnight, whatever the offset: 22:00Z in summer time, 23:00Z in winter time
+    assert daily.latest(ts(2024, 10, 27, 1, 30)) == ts(2024, 10, 26, 22, 0)  # after the change
+    assert daily.next_after(ts(2024, 10, 27, 1, 30)) == ts(2024, 10, 27, 23, 0)
+    assert daily.next_after(ts(2024, 3, 31, 2, 30)) == ts(2024, 3, 31, 22, 0)
+    hourly = periodic.Schedule(job="x", every=3600, tz=PARIS)
+    assert hourly.next_after(ts(2024, 3, 31, 0, 30)) == ts(2024, 3, 31, 1, 0)  # 02:00 skipped
+
+
+def test_a_daily_schedule_runs_once_a_day_when_daylight_saving_ends(redis_client, redis_url):
+    """The offset changes from +2 to +1 at 01:00Z on 27 October 2024: midnight in Paris
+    must not come twice (with the offset taken at ``now``, 23:00Z looked like a new
+    midnight after 22:00Z)."""
+    schedule = periodic.Schedule(job="per.beat", every=86400, tz=PARIS, name="nightly")
+    [scheduler] = make_schedulers(redis_url, 1, [schedule])
+    start = ts(2024, 10, 26, 12, 0)
+    pushed = []
+    for step in range(4 * 48):  # every 15 minutes for two days
+        pushed += scheduler.tick_once(start + step * 900)
+    ticks = [json.loads(raw)["periodic_at"] for raw in redis_client.lrange(KEYS.queue("default"), 0, -1)]
+    assert sorted(ticks) == [ts(2024, 10, 26, 22, 0), ts(2024, 10, 27, 23, 0)]  # two midnights
+    assert len(pushed) == 2
+
+
 @needs_cron
 def test_cron_in_a_time_zone_follows_daylight_saving():
     s = periodic.Schedule(job="x", cron="0 7 * * *", tz=PARIS)
