@@ -133,7 +133,7 @@ class Schedule:
         daylight saving ends) is its first occurrence; one it skips (when it starts)
         maps to just after the gap."""
         if self._zone is None:
-            return wall
+            return float(wall)  # a float, as ticks always were (their repr names the tick)
         try:
             naive = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=wall)
             return naive.replace(tzinfo=self._zone).timestamp()

@@ -72,6 +72,9 @@ def test_interval_in_a_time_zone_ticks_on_the_wall_clock_across_daylight_saving(
     assert daily.next_after(ts(2024, 3, 31, 2, 30)) == ts(2024, 3, 31, 22, 0)
     hourly = periodic.Schedule(job="x", every=3600, tz=PARIS)
     assert hourly.next_after(ts(2024, 3, 31, 0, 30)) == ts(2024, 3, 31, 1, 0)  # 02:00 skipped
+    # ticks are floats with or without a zone: their repr names the tick (and its jid)
+    utc = periodic.Schedule(job="x", every=60)
+    assert [repr(t) for t in (utc.latest(6060.5), utc.next_after(6060.5))] == ["6060.0", "6120.0"]
 
 
 def test_a_daily_schedule_runs_once_a_day_when_daylight_saving_ends(redis_client, redis_url):
