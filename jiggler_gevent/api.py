@@ -832,15 +832,17 @@ class Api:
     # -- queues --------------------------------------------------------------------------
 
     def clear_queue(self, queue: str) -> int:
-        """Delete every pending job of a queue; returns how many there were."""
+        """Delete every pending job of a queue, the suspects waiting in its quarantine
+        included (they would run later otherwise); returns how many there were."""
         if not valid_queue_name(queue):
             raise NotFound(f"no such queue {queue[:130]!r}")
-        key = self.keys.queue(queue)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.llen(key)
-            pipe.delete(key)
-            size, _ = pipe.execute()
-        return int(size)
+        keys = self.keys.queue_keys(queue)
+        with self.client.pipeline(transaction=True) as pipe:  # one slot: the queue's
+            pipe.llen(keys.pending)
+            pipe.llen(keys.quarantine)
+            pipe.delete(keys.pending, keys.quarantine)
+            pending, quarantined, _ = pipe.execute()
+        return int(pending) + int(quarantined)
 
     def delete_queued(self, queue: str, ref: str) -> None:
         """Delete one pending job of a queue by its ref (the sha1 of its bytes)."""

@@ -441,7 +441,9 @@ def test_clear_queue_and_delete_queued(api, redis_client):
         api.delete_queued("mail", target.ref)
     with pytest.raises(NotFound):
         api.delete_queued("mail", "not-a-digest")
-    assert api.clear_queue("mail") == 2
+    redis_client.rpush(api.keys.queue_keys("mail").quarantine, payload.dumps(job(jid="suspect")))
+    assert api.clear_queue("mail") == 3  # the suspect waiting in quarantine too
+    assert not redis_client.exists(api.keys.queue_keys("mail").quarantine)
     assert api.clear_queue("mail") == 0
     with pytest.raises(NotFound):
         api.clear_queue("*")
