@@ -113,8 +113,9 @@ def build_parser() -> configargparse.ArgParser:
                         "(default 0.5)")
     p.add_argument("--no-green-psycopg2", action="store_true", default=False,
                    help="leave psycopg2 blocking: by default its queries wait cooperatively "
-                        "(a wait callback), so other jobs run meanwhile; psycopg2 does not "
-                        "support COPY or large objects in that mode")
+                        "(a wait callback), so other jobs run meanwhile; psycopg2 refuses COPY "
+                        "and large objects in that mode (or wrap just those calls in "
+                        "jiggler_gevent.green.blocking_psycopg2())")
     p.add_argument("-e", "--environment", default=os.environ.get("APP_ENV", "development"),
                    help="application environment, shown in the heartbeat (default $APP_ENV or "
                         "development)")
