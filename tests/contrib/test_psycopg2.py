@@ -6,7 +6,6 @@ COPY works inside ``blocking_psycopg2()``, and Django's ORM on PostgreSQL."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -177,7 +176,6 @@ def test_patch_keeps_a_callback_the_app_installed():
         assert extensions.get_wait_callback() is None
     finally:
         extensions.set_wait_callback(before)
-    time.sleep(0)
 
 
 # -- Django's ORM on PostgreSQL --------------------------------------------------------------
