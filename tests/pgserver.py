@@ -53,9 +53,6 @@ class LocalPostgres:
 
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.port = _free_port()
-        self.folder = Path(tempfile.mkdtemp(prefix="jiggler-pg-"))
-        self.proc: Optional[subprocess.Popen] = None
         self.user = None  # run as this user (root only)
         if os.geteuid() == 0:
             try:
@@ -63,6 +60,9 @@ class LocalPostgres:
             except KeyError:
                 raise RuntimeError("PostgreSQL will not run as root, and there is no "
                                    "'postgres' user to run it as") from None
+        self.port = _free_port()
+        self.proc: Optional[subprocess.Popen] = None
+        self.folder = Path(tempfile.mkdtemp(prefix="jiggler-pg-"))  # removed by stop()
 
     @property
     def dsn(self) -> str:
@@ -107,10 +107,22 @@ class LocalPostgres:
                 [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
                  "-h", "127.0.0.1", "-k", str(self.folder), "-c", "fsync=off",
                  "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "max_connections=200",
-                 # a backend whose client went away ends within 0.5 s, even mid-query
-                 "-c", "client_connection_check_interval=500"],
+                 "-c", "max_connections=200", *self._version_options()],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, **self._run_as())
+
+    def _version_options(self) -> list[str]:
+        if self.major_version < 14:
+            return []
+        # a backend whose client went away ends within 0.5 s, even mid-query
+        return ["-c", "client_connection_check_interval=500"]
+
+    @property
+    def major_version(self) -> int:
+        """The server's major version (``postgres -V``: "postgres (PostgreSQL) 15.14")."""
+        out = subprocess.run([str(self.bindir / "postgres"), "-V"], capture_output=True,
+                             text=True, timeout=30).stdout
+        digits = out.strip().rsplit(" ", 1)[-1].split(".")[0]
+        return int(digits) if digits.isdigit() else 0
 
     def _answers(self) -> bool:
         import psycopg2

@@ -128,7 +128,9 @@ def test_job_timeout_interrupts_the_query_and_closes_its_connection(pg_worker, r
                "the timed-out job in the retry set", worker)
     found = Api(redis_client).find_job(jid)
     assert found.field("error_class") == "JobTimeout", found.job
-    wait_until(lambda: active_sleeps(postgres) == 0, 10, "the server to end the query", worker)
+    if postgres.major_version >= 14:  # client_connection_check_interval: see pgserver.py
+        wait_until(lambda: active_sleeps(postgres) == 0, 10, "the server to end the query",
+                   worker)
     # the worker goes on: a query after the interrupted one runs
     [after] = pgjobs.PgSleep.enqueue_bulk([[0.1]])
     wait_until(lambda: after in ledger.ended(), 15, "a query after the timeout", worker)
