@@ -345,18 +345,20 @@ class Fetcher:
         keys: list[str] = []
         for unit in units:
             keys.extend(unit.requeue_keys)
+        # at-most-once pushes unconditionally: a call again after a lost reply could push
+        # a job twice, so each unit gets one attempt (a failed one loses the job, as a
+        # crash would in this mode). At-least-once marks them once the push is done.
         if not self.reliable:
-            # at-most-once pushes unconditionally: a call again after a lost reply could
-            # push a job twice, so each unit gets one attempt (a failed one loses the job,
-            # as a crash would in this mode)
-            for unit in units:
-                unit.pushed_back = True
-            self.release(units)
+            self._pushed_back(units)
         pushed = int(self.scripts.requeue(keys=keys, args=[u.raw for u in units]))
+        if self.reliable:
+            self._pushed_back(units)
+        return pushed
+
+    def _pushed_back(self, units: list[UnitOfWork]) -> None:
         for unit in units:
             unit.pushed_back = True
         self.release(units)
-        return pushed
 
     def give_up(self, units: collections.abc.Iterable[UnitOfWork]) -> None:
         """Units whose push back failed: no longer held, so that (at-least-once) the

@@ -64,12 +64,8 @@ def stop(worker) -> None:
 
 
 def active_sleeps(postgres) -> int:
-    with psycopg2.connect(postgres.dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgjobs' "
-                    "AND state = 'active' AND query LIKE '%%pg_sleep%%'")
-        count = cur.fetchone()[0]
-    conn.close()
-    return count
+    return pg_count(postgres, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                              "'pgjobs' AND state = 'active' AND query LIKE '%pg_sleep%'")
 
 
 def where_is(redis_client, jid: str):
